@@ -1,0 +1,59 @@
+"""SketchWatch web service: ``create_app`` builds the Flask app."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask
+
+from service.settings import Settings, get_settings
+
+
+def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
+    """Build the Flask app from env settings, optionally overridden by a mapping (tests)."""
+    settings = config if isinstance(config, Settings) else get_settings(config)
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        DATABASE_URL=settings.database_url,
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.env == "production",
+        WTF_CSRF_TIME_LIMIT=None,
+        RATELIMIT_ENABLED=settings.ratelimit_enabled,
+        RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
+        RATELIMIT_HEADERS_ENABLED=True,
+        TESTING=settings.env == "testing",
+    )
+    app.extensions["sketchwatch_settings"] = settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    from service import queue
+    from service.extensions import csrf, db, limiter, login_manager
+    from service.logs import configure_logging
+
+    configure_logging(settings)
+    db.init_app(app)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    login_manager.init_app(app)
+    queue.init_app(app, settings)
+
+    from service.api import bp as api_bp
+    from service.auth import bp as auth_bp
+    from service.dashboard import bp as dashboard_bp
+    from service.health import bp as health_bp
+
+    app.register_blueprint(health_bp)
+    app.register_blueprint(api_bp, url_prefix="/api/v1")
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(dashboard_bp)
+    # The API authenticates with bearer keys, not cookies, so CSRF does not apply to it.
+    csrf.exempt(api_bp)
+    return app
+
+
+def app_settings(app: Flask) -> Settings:
+    """The Settings object an app was built with."""
+    return app.extensions["sketchwatch_settings"]

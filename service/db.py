@@ -1,0 +1,85 @@
+"""Engine and session handling shared by the web app, the worker and the CLI."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    """Create an engine; SQLite gets WAL and a busy timeout so web and worker can share it."""
+    if url.startswith("sqlite"):
+        kwargs.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    if "poolclass" not in kwargs:
+        kwargs.setdefault("pool_size", 5)
+        kwargs.setdefault("max_overflow", 10)
+        kwargs.setdefault("pool_timeout", 5)
+    return create_engine(url, **kwargs)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class Database:
+    """An unbound engine + scoped session holder, bound by ``init_app`` or ``configure``."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.session: scoped_session[Session] | None = None
+        self.url: str | None = None
+
+    def configure(self, url: str, **engine_kwargs) -> None:
+        """Bind to a database URL (idempotent for the same URL)."""
+        if self.engine is not None and self.url == url:
+            return
+        self.dispose()
+        self.url = url
+        self.engine = make_engine(url, **engine_kwargs)
+        self.session = scoped_session(sessionmaker(bind=self.engine, expire_on_commit=False))
+
+    def init_app(self, app) -> None:
+        """Bind to the Flask app's database and close the session after each request."""
+        self.configure(app.config["DATABASE_URL"])
+
+        @app.teardown_appcontext
+        def _remove_session(_exc=None) -> None:
+            if self.session is not None:
+                self.session.remove()
+
+    def dispose(self) -> None:
+        """Drop pooled connections (after fork, or on shutdown)."""
+        if self.session is not None:
+            self.session.remove()
+        if self.engine is not None:
+            self.engine.dispose()
+        self.engine = None
+        self.session = None
+
+    @contextmanager
+    def session_scope(self) -> Iterator[Session]:
+        """A fresh session committed on success and rolled back on error."""
+        if self.engine is None:
+            raise RuntimeError("database is not configured")
+        session = Session(self.engine, expire_on_commit=False)
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()

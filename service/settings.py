@@ -1,0 +1,88 @@
+"""Typed settings, read once from ``SKETCHWATCH_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    """Where the zero-setup SQLite database and broker files live."""
+    return Path(os.environ.get("SKETCHWATCH_DATA_DIR", Path.cwd() / "instance"))
+
+
+class Settings(BaseSettings):
+    """All configuration of the service, the worker and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="SKETCHWATCH_", extra="ignore", frozen=True)
+
+    env: Literal["development", "production", "testing"] = "development"
+    secret_key: str = ""
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""
+    broker_url: str = ""
+    # Redis re-delivers an unacked message after this long; it must exceed the longest task.
+    visibility_timeout_s: int = 3600
+    model_dir: str | None = None
+    default_threshold: float | None = None
+
+    max_content_length: int = 8 * 1024 * 1024
+    max_batch: int = 1000
+    max_strokes: int = 256
+    max_points: int = 8192
+    max_image_pixels: int = 16_000_000
+
+    worker_batch_size: int = 256
+    tf_threads: int = 1
+    task_max_retries: int = 5
+    sweep_interval_s: float = 30.0
+    sweep_after_s: float = 120.0
+    max_attempts: int = 5
+
+    ratelimit_enabled: bool = True
+    ratelimit_storage_uri: str = "memory://"
+    ratelimit_submit: str = "6000 per minute"
+    ratelimit_login: str = "10 per minute"
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> "Settings":
+        """Derive zero-setup defaults and refuse to run production without secrets."""
+        if self.env == "production":
+            missing = [n for n in ("secret_key", "database_url", "broker_url") if not getattr(self, n)]
+            if missing:
+                names = ", ".join("SKETCHWATCH_" + n.upper() for n in missing)
+                raise ValueError(f"production needs {names}")
+        if not self.secret_key:
+            # Development only: sessions do not survive a restart, which is what we want there.
+            object.__setattr__(self, "secret_key", secrets.token_hex(32))
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'sketchwatch.db'}")
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", f"sqla+sqlite:///{self.data_dir / 'broker.db'}")
+        return self
+
+    @property
+    def uses_redis(self) -> bool:
+        """True when the broker is Redis (production)."""
+        return self.broker_url.startswith(("redis://", "rediss://"))
+
+
+def get_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from the environment, with ``overrides`` (lowercase names) taking precedence."""
+    if overrides:
+        return Settings(**{k.lower(): v for k, v in overrides.items()})
+    return _env_settings()
+
+
+@lru_cache(maxsize=1)
+def _env_settings() -> Settings:
+    return Settings()

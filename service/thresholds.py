@@ -1,0 +1,41 @@
+"""The flagging threshold in force, and its changes."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.model_info import model_meta
+from service.schema import STATUS_SCORED, Sketch, ThresholdChange
+
+FALLBACK_THRESHOLD = 0.5
+
+
+def default_threshold(settings) -> float:
+    """The threshold before anyone changed it: configured, else the model's suggestion."""
+    if settings.default_threshold is not None:
+        return float(settings.default_threshold)
+    suggested = model_meta(settings.model_dir).get("suggested_threshold")
+    return float(suggested) if suggested is not None else FALLBACK_THRESHOLD
+
+
+def current_threshold(session: Session, settings) -> float:
+    """The latest applied threshold, or the default."""
+    value = session.execute(
+        select(ThresholdChange.value).order_by(ThresholdChange.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    return float(value) if value is not None else default_threshold(settings)
+
+
+def apply_threshold(session: Session, settings, value: float, who: str, reason: str = "") -> ThresholdChange:
+    """Record a change and re-flag every stored score in SQL, without the model."""
+    previous = current_threshold(session, settings)
+    change = ThresholdChange(value=float(value), previous=previous, changed_by=who, reason=reason or "")
+    session.add(change)
+    session.execute(
+        update(Sketch)
+        .where(Sketch.status == STATUS_SCORED)
+        .values(flagged=Sketch.score > float(value))
+        .execution_options(synchronize_session=False)
+    )
+    return change

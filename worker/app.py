@@ -1,0 +1,56 @@
+"""The Celery application, configured from ``service.settings`` with lowercase settings."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.settings import Settings, get_settings
+
+SCORE_TASK = "sketchwatch.score_sketches"
+SWEEP_TASK = "sketchwatch.sweep_queued"
+QUEUE = "sketchwatch"
+
+
+def celery_config(settings: Settings) -> dict:
+    """Lowercase Celery settings derived from our settings."""
+    transport: dict = {}
+    if settings.uses_redis:
+        transport = {
+            # An unacked message comes back after this long; longer than any scoring task.
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+        }
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 2,
+        "task_default_queue": QUEUE,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        # At-least-once delivery: ack after the DB write, requeue when the worker dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "beat_schedule": {
+            "sweep-queued": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_s},
+        },
+        "timezone": "UTC",
+    }
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    """Build the Celery app; tasks are registered from ``worker.tasks``."""
+    settings = settings or get_settings()
+    app = Celery("sketchwatch", include=["worker.tasks"])
+    app.conf.update(celery_config(settings))
+    app.conf.sketchwatch_settings = settings
+    return app
+
+
+celery_app = make_celery()
