@@ -1,0 +1,296 @@
+"""Intake: validate submissions, store them as ``queued`` (idempotently), commit, then enqueue scoring.
+
+The order matters: a sketch is committed before its task is sent, so a worker never looks for a row
+that is not there yet, and a broker outage loses nothing (the sweeper re-sends queued rows).
+Nothing here touches the model.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable
+
+import numpy as np
+from flask import current_app
+from pydantic import ValidationError
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from models.formats import DrawingLimits, FormatError, parse_drawing, read_image
+from service.extensions import db
+from service.queue import enqueue_scoring
+from service.schema import STATUS_QUEUED, Sketch, utcnow
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SIDE = 28
+# A unique-constraint race resolves on the next attempt; more than this means something else is wrong.
+MAX_STORE_ATTEMPTS = 5
+# Bounded IN lists stay far below every database's bound-parameter limit.
+LOOKUP_CHUNK = 500
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass
+class IntakeResult:
+    """Outcome of one submission: accepted (index, id, duplicate) and rejected (index, field, message)."""
+
+    accepted: list[tuple[int, int, bool]] = field(default_factory=list)
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)
+    enqueued: bool = True
+
+
+def _settings(settings: Settings | None) -> Settings:
+    if settings is not None:
+        return settings
+    from service import app_settings
+
+    return app_settings(current_app)
+
+
+def _limits(settings: Settings) -> DrawingLimits:
+    return DrawingLimits(max_strokes=settings.max_strokes, max_points=settings.max_points)
+
+
+def prepare_item(item: Any, settings: Settings) -> dict:
+    """Validate one submitted sketch and return the column values to store; raises InputError."""
+    # Imported here: service.api loads its route modules, and some of them import this module.
+    from service.api.schemas import InputError, SketchIn, check_drawing, first_error
+
+    if not isinstance(item, dict):
+        raise InputError("body", "expected a JSON object with a 'drawing'")
+    try:
+        sketch = SketchIn.model_validate(item)
+    except ValidationError as exc:
+        raise first_error(exc) from None
+    check_drawing(sketch.drawing, sketch.format, settings.max_strokes, settings.max_points)
+    if sketch.format == "simplified":
+        # check_drawing has verified integers in 0..255 and every rule parse_drawing applies to
+        # simplified input; skipping its numpy round trip halves the cost of a 1000-sketch batch.
+        drawing = [[list(map(int, row)) for row in stroke] for stroke in sketch.drawing]
+    else:
+        try:
+            drawing = _int_strokes(parse_drawing(item["drawing"], sketch.format, _limits(settings)))
+        except ValueError as exc:
+            raise InputError("drawing", str(exc)) from None
+    return {
+        "client_ref": sketch.client_ref,
+        "source_format": sketch.format,
+        "drawing": drawing,
+        "meta": sketch.metadata,
+    }
+
+
+def _int_strokes(strokes: list[np.ndarray]) -> list[list[list[int]]]:
+    """Strokes as JSON-ready integer lists in 0..255 (one rounding pass for the whole drawing)."""
+    points = np.concatenate([np.asarray(s[:2], dtype=np.float64) for s in strokes], axis=1)
+    ints = np.rint(points).clip(0, 255).astype(np.int64)
+    bounds = np.cumsum([s.shape[1] for s in strokes])[:-1]
+    return [part.tolist() for part in np.split(ints, bounds, axis=1)]
+
+
+def accept(client: str, items: list, settings: Settings | None = None) -> IntakeResult:
+    """Validate, store the good items as queued in one transaction, commit, then enqueue their ids."""
+    from service.api.schemas import InputError
+
+    settings = _settings(settings)
+    result = IntakeResult()
+    rows: list[tuple[int, dict]] = []
+    for index, item in enumerate(items):
+        try:
+            rows.append((index, prepare_item(item, settings)))
+        except InputError as exc:
+            result.rejected.append((index, exc.field, exc.message))
+    return _store_and_enqueue(client, rows, result, settings)
+
+
+def accept_image(
+    client: str,
+    data: bytes,
+    metadata: dict | None = None,
+    client_ref: str | None = None,
+    settings: Settings | None = None,
+) -> IntakeResult:
+    """Store a PNG/JPEG upload as a 28x28 input bitmap (``source_format="image"``) and enqueue it."""
+    from service.api.schemas import ImageFields, InputError, first_error
+
+    settings = _settings(settings)
+    result = IntakeResult()
+    try:
+        fields = ImageFields.model_validate({"client_ref": client_ref, "metadata": metadata})
+    except ValidationError as exc:
+        err = first_error(exc)
+        result.rejected.append((0, err.field, err.message))
+        return result
+    try:
+        bitmap = image_to_bitmap(data, settings.max_image_pixels)
+    except InputError as exc:
+        result.rejected.append((0, exc.field, exc.message))
+        return result
+    row = {
+        "client_ref": fields.client_ref,
+        "source_format": "image",
+        "drawing": None,
+        "meta": fields.metadata,
+        "input_bitmap": bitmap.tobytes(),
+    }
+    return _store_and_enqueue(client, [(0, row)], result, settings)
+
+
+def image_to_bitmap(data: bytes, max_pixels: int) -> np.ndarray:
+    """PNG/JPEG bytes -> (28, 28) uint8, white ink on black; raises InputError naming ``image``."""
+    from service.api.schemas import InputError
+
+    if not data:
+        raise InputError("image", "empty file")
+    if not (data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC)):
+        raise InputError("image", "not a PNG or JPEG file")
+    exact = _exact_size_bitmap(data)
+    if exact is not None:
+        return exact
+    try:
+        return read_image(data, max_pixels=max_pixels)
+    except FormatError as exc:
+        raise InputError("image", exc.message) from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile files; never a 500
+        raise InputError("image", f"cannot decode image ({type(exc).__name__})") from None
+
+
+def _exact_size_bitmap(data: bytes) -> np.ndarray | None:
+    """A 28x28 upload is already a model-sized bitmap: use its pixels as they are (re-framing would blur it)."""
+    from PIL import Image
+
+    try:
+        img = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
+        if img.size != (SIDE, SIDE) or "A" in img.getbands() or "transparency" in img.info:
+            return None
+        grey = np.asarray(img.convert("L"), dtype=np.uint8)
+    except Exception:  # noqa: BLE001 - read_image reports undecodable files with a proper message
+        return None
+    border = np.concatenate((grey[0], grey[-1], grey[:, 0], grey[:, -1]))
+    # Dark ink on light paper: flip to the dataset's white-on-black, as read_image does.
+    return (255 - grey) if float(np.median(border)) > 127.5 else grey.copy()
+
+
+def _store_and_enqueue(
+    client: str, rows: list[tuple[int, dict]], result: IntakeResult, settings: Settings
+) -> IntakeResult:
+    if rows:
+        result.accepted = store(db.session, client, rows)
+        new_ids = [sketch_id for _, sketch_id, duplicate in result.accepted if not duplicate]
+        result.enqueued = enqueue(db.session, new_ids, settings.worker_batch_size)
+    return result
+
+
+def store(session: Session, client: str, rows: list[tuple[int, dict]]) -> list[tuple[int, int, bool]]:
+    """Insert rows as queued and commit; an already used (client, client_ref) returns the existing id."""
+    for attempt in range(1, MAX_STORE_ATTEMPTS + 1):
+        try:
+            accepted = _store_once(session, client, rows)
+            session.commit()
+            return accepted
+        except IntegrityError:
+            # A concurrent request inserted one of our client_refs first; retry to find its id.
+            session.rollback()
+            if attempt == MAX_STORE_ATTEMPTS:
+                raise
+            log.info("client_ref race for client %s; retrying (attempt %d)", client, attempt)
+        except BaseException:
+            session.rollback()
+            raise
+    raise AssertionError("unreachable")
+
+
+def existing_ids(session: Session, client: str, refs: Iterable[str]) -> dict[str, int]:
+    """Ids already stored for these client_refs of ``client``."""
+    refs = sorted(set(refs))
+    found: dict[str, int] = {}
+    for start in range(0, len(refs), LOOKUP_CHUNK):
+        chunk = refs[start : start + LOOKUP_CHUNK]
+        stmt = select(Sketch.client_ref, Sketch.id).where(Sketch.client == client, Sketch.client_ref.in_(chunk))
+        found.update({ref: sketch_id for ref, sketch_id in session.execute(stmt)})
+    return found
+
+
+def _store_once(session: Session, client: str, rows: list[tuple[int, dict]]) -> list[tuple[int, int, bool]]:
+    refs = [row["client_ref"] for _, row in rows if row["client_ref"] is not None]
+    known = existing_ids(session, client, refs) if refs else {}
+    now = utcnow()
+    fresh: list[dict] = []
+    fresh_index: list[int] = []
+    first_of_ref: dict[str, int] = {}  # client_ref -> position in fresh, for repeats inside one batch
+    plan: list[tuple[int, str, Any]] = []  # (index, "known"|"fresh", id or position)
+    for index, row in rows:
+        ref = row["client_ref"]
+        if ref is not None and ref in known:
+            plan.append((index, "known", known[ref]))
+        elif ref is not None and ref in first_of_ref:
+            plan.append((index, "repeat", first_of_ref[ref]))
+        else:
+            if ref is not None:
+                first_of_ref[ref] = len(fresh)
+            plan.append((index, "fresh", len(fresh)))
+            fresh_index.append(index)
+            fresh.append(_row_values(client, row, now))
+    ids: list[int] = []
+    if fresh:
+        stmt = insert(Sketch).returning(Sketch.id, sort_by_parameter_order=True)
+        ids = list(session.scalars(stmt, fresh))
+    accepted = []
+    for index, kind, ref in plan:
+        if kind == "known":
+            accepted.append((index, ref, True))
+        else:
+            accepted.append((index, ids[ref], kind == "repeat"))
+    return accepted
+
+
+def _row_values(client: str, row: dict, now: datetime) -> dict:
+    return {
+        "client": client,
+        "client_ref": row["client_ref"],
+        "submitted_at": now,
+        "source_format": row["source_format"],
+        "drawing": row["drawing"],
+        "meta": row["meta"],
+        "input_bitmap": row.get("input_bitmap"),
+        "status": STATUS_QUEUED,
+        "attempts": 0,
+    }
+
+
+def enqueue(session: Session, ids: list[int], chunk_size: int) -> bool:
+    """Send one scoring task per chunk of committed ids and stamp ``enqueued_at`` on those sent.
+
+    Stops at the first broker failure: the rest stay queued with ``enqueued_at`` NULL for the sweeper.
+    """
+    sent: list[int] = []
+    ok = True
+    for start in range(0, len(ids), max(chunk_size, 1)):
+        chunk = ids[start : start + chunk_size]
+        if not enqueue_scoring(chunk):
+            ok = False
+            break
+        sent.extend(chunk)
+    if sent:
+        try:
+            now = utcnow()
+            for start in range(0, len(sent), LOOKUP_CHUNK):
+                session.execute(
+                    update(Sketch)
+                    .where(Sketch.id.in_(sent[start : start + LOOKUP_CHUNK]))
+                    .values(enqueued_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            session.commit()
+        except SQLAlchemyError:
+            # The sketches and their tasks exist; a missing stamp only makes the sweeper re-send (harmless).
+            session.rollback()
+            log.warning("could not stamp enqueued_at on %d sketches", len(sent), exc_info=True)
+    return ok
