@@ -1,0 +1,95 @@
+"""Flagged gallery, sketch detail page and the thumbnail images."""
+
+from __future__ import annotations
+
+import json
+
+from flask import abort, make_response, render_template, request, url_for
+from sqlalchemy import select
+
+from service import images
+from service.auth.access import safe_next
+from service.dashboard import bp
+from service.dashboard.listing import DEFAULT_PER_PAGE, MAX_PER_PAGE, SORTS, STATES, flagged_page
+from service.dashboard.params import ParamError, parse_int
+from service.extensions import db
+from service.reviews import review_history
+from service.schema import Sketch
+
+GALLERY_SCALE = 3
+DETAIL_SCALE = 8
+# Images are derived from bytes that never change once stored; the ETag guards the rare rescore.
+IMAGE_CACHE = "private, max-age=86400"
+
+
+@bp.get("/flagged")
+def flagged():
+    """Flagged sketches with their reconstructions; sortable, filterable by review state, paginated."""
+    state = request.args.get("state", "all")
+    sort = request.args.get("sort", "score")
+    try:
+        if state not in STATES:
+            raise ParamError("state", f"expected one of {', '.join(STATES)}")
+        if sort not in SORTS:
+            raise ParamError("sort", f"expected one of {', '.join(SORTS)}")
+        page_no = parse_int(request.args, "page", 1, 1, 10**9)
+        per_page = parse_int(request.args, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
+    except ParamError as exc:
+        abort(400, description=str(exc))
+    page = flagged_page(db.session, state=state, sort=sort, page=page_no, per_page=per_page)
+    return render_template(
+        "dashboard/flagged.html", page=page, state=state, sort=sort, states=STATES, sorts=list(SORTS), scale=GALLERY_SCALE
+    )
+
+
+def pretty_json(value) -> str:
+    """Indented JSON as plain text; the template escapes it like any other user data."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+@bp.get("/sketches/<int:sketch_id>")
+def detail(sketch_id: int):
+    """One sketch: larger images, difference map, metadata and review history."""
+    sketch = db.session.get(Sketch, sketch_id) or abort(404, description=f"sketch {sketch_id} does not exist")
+    return render_template(
+        "dashboard/detail.html",
+        sketch=sketch,
+        history=review_history(db.session, sketch_id),
+        meta_items=sorted((str(k), v) for k, v in (sketch.meta or {}).items()) if isinstance(sketch.meta, dict) else [],
+        meta_json=pretty_json(sketch.meta) if sketch.meta is not None else None,
+        pretty_json=pretty_json,
+        scale=DETAIL_SCALE,
+        back_url=safe_next(request.args.get("next")) or url_for("dashboard.flagged"),
+    )
+
+
+@bp.get("/sketches/<int:sketch_id>/<kind>.png")
+def image(sketch_id: int, kind: str):
+    """A PNG of the input, reconstruction, both stacked ('pair') or the difference map ('diff')."""
+    if kind not in images.KINDS:
+        abort(404)
+    try:
+        scale = images.check_scale(parse_int(request.args, "s", 4, images.MIN_SCALE, images.MAX_SCALE))
+    except (ParamError, ValueError) as exc:
+        abort(400, description=str(exc))
+    row = db.session.execute(
+        select(Sketch.input_bitmap, Sketch.reconstruction).where(Sketch.id == sketch_id)
+    ).first()
+    if row is None:
+        abort(404, description=f"sketch {sketch_id} does not exist")
+    needs_recon = kind != "input"
+    if row.input_bitmap is None or (needs_recon and row.reconstruction is None):
+        abort(404, description="this image is not available yet")
+    tag = images.etag(kind, scale, row.input_bitmap, row.reconstruction if needs_recon else None)
+    if tag in request.if_none_match:
+        resp = make_response("", 304)
+    else:
+        try:
+            png = images.render(kind, row.input_bitmap, row.reconstruction, scale)
+        except images.BitmapError as exc:
+            abort(404, description=str(exc))
+        resp = make_response(png)
+        resp.mimetype = "image/png"
+    resp.set_etag(tag)
+    resp.headers["Cache-Control"] = IMAGE_CACHE
+    return resp

@@ -1,0 +1,100 @@
+/* Threshold page: number input and slider kept in sync, live preview, moving threshold line. */
+(function () {
+  "use strict";
+
+  function pct(v) { return v === null || v === undefined ? "–" : (v * 100).toFixed(1) + "%"; }
+  function fmt(v) { return Number(v).toPrecision(4).replace(/\.?0+(e|$)/, "$1"); }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var form = document.getElementById("threshold-form");
+    if (!form) { return; }
+    var input = document.getElementById("threshold-input");
+    var slider = document.getElementById("threshold-slider");
+    var previewUrl = form.getAttribute("data-preview-url");
+    var svg = document.querySelector('svg[data-testid="histogram"]');
+    var line = svg && svg.querySelector('[data-testid="threshold-line"]');
+    var label = svg && svg.querySelector('[data-testid="threshold-label"]');
+    var out = {
+      count: document.querySelector('[data-testid="preview-count"]'),
+      precision: document.querySelector('[data-testid="preview-precision"]'),
+      recall: document.querySelector('[data-testid="preview-recall"]'),
+      reviewed: document.querySelector('[data-testid="preview-reviewed"]'),
+      position: document.querySelector('[data-testid="preview-position"]')
+    };
+    var seq = 0;
+    var timer = null;
+
+    function moveLine(t) {
+      if (!svg || !line) { return; }
+      var lo = parseFloat(svg.getAttribute("data-lo"));
+      var hi = parseFloat(svg.getAttribute("data-hi"));
+      var left = parseFloat(svg.getAttribute("data-left"));
+      var right = parseFloat(svg.getAttribute("data-right"));
+      var clamped = Math.max(lo, Math.min(hi, t));
+      var x = left + (right - left) * (clamped - lo) / (hi - lo);
+      line.setAttribute("x", x - 1);
+      line.setAttribute("data-value", t);
+      if (label) {
+        label.setAttribute("x", x);
+        label.setAttribute("text-anchor", x > right - 90 ? "end" : (x < left + 90 ? "start" : "middle"));
+        label.textContent = (t < lo ? "← " : "") + "threshold " + fmt(t) + (t > hi ? " →" : "");
+      }
+      svg.querySelectorAll("rect.bar").forEach(function (bar) {
+        var x0 = parseFloat(bar.getAttribute("x"));
+        bar.classList.toggle("bar-over", x0 >= x);
+      });
+    }
+
+    function show(p) {
+      out.count.textContent = p.flagged.toLocaleString("en-US");
+      out.precision.textContent = pct(p.precision);
+      out.recall.textContent = pct(p.recall);
+      out.reviewed.textContent = p.reviewed.toLocaleString("en-US");
+      var text = "Among held-out cats: " + p.position.text;
+      if (p.position.cat_flag_rate !== null && p.position.cat_flag_rate !== undefined) {
+        text += "; about " + pct(p.position.cat_flag_rate) + " of normal cats would be flagged";
+      }
+      out.position.textContent = text + ".";
+    }
+
+    function refresh() {
+      var t = parseFloat(input.value);
+      if (!isFinite(t)) { return; }
+      moveLine(t);
+      var mine = ++seq;
+      form.setAttribute("data-preview-state", "loading");
+      window.SW.getJSON(previewUrl + "?t=" + encodeURIComponent(input.value))
+        .then(function (p) {
+          if (mine !== seq) { return; } // a newer request is on its way; drop this one
+          show(p);
+          form.setAttribute("data-preview-state", "ready");
+          form.setAttribute("data-preview-t", String(p.threshold));
+        })
+        .catch(function (err) {
+          if (mine === seq) { out.position.textContent = "Preview failed: " + err.message; form.setAttribute("data-preview-state", "error"); }
+        });
+    }
+
+    function schedule() {
+      clearTimeout(timer);
+      timer = setTimeout(refresh, 120);
+    }
+
+    input.addEventListener("input", function () {
+      var t = parseFloat(input.value);
+      if (isFinite(t)) { slider.value = t; }
+      schedule();
+    });
+    slider.addEventListener("input", function () {
+      input.value = slider.value;
+      schedule();
+    });
+    form.querySelectorAll("[data-suggest]").forEach(function (btn) {
+      btn.addEventListener("click", function () {
+        input.value = btn.getAttribute("data-suggest");
+        slider.value = input.value;
+        refresh();
+      });
+    });
+  });
+})();
