@@ -39,10 +39,11 @@ main.add_command(bench_command, "bench")
 
 
 def _settings():
-    from service.settings import get_settings
+    """Settings read from the environment now (not the process-wide cache: one command, one reading)."""
+    from service.settings import Settings
 
     try:
-        return get_settings()
+        return Settings()
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise click.ClickException(f"invalid configuration: {exc}") from None
 
@@ -51,21 +52,24 @@ def _settings():
 def _db_session() -> Iterator:
     """A committed session on the configured database, with database errors as clear CLI errors."""
     from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.orm import Session
+    from sqlalchemy.pool import NullPool
 
-    from service.extensions import db
+    from service.db import make_engine
 
     settings = _settings()
-    db.configure(settings.database_url)
+    engine = make_engine(settings.database_url, poolclass=NullPool)
     try:
-        with db.session_scope() as session:
+        with Session(engine, expire_on_commit=False) as session, session.begin():
             yield session
     except SQLAlchemyError as exc:
+        detail = getattr(exc, "orig", None) or exc
         raise click.ClickException(
-            f"database error on {_redacted(settings.database_url)}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
+            f"database error on {_redacted(settings.database_url)}: {type(exc).__name__}: {detail}"
             "\n(has the schema been created? run `sketchwatch db upgrade`)"
         ) from None
     finally:
-        db.dispose()
+        engine.dispose()
 
 
 def _redacted(url: str) -> str:
@@ -241,11 +245,15 @@ def serve_argv(host: str, port: int, workers: int, threads: int, extra: tuple[st
         "--timeout", "60",
         "--graceful-timeout", "30",
         "--access-logfile", "-",
+        # The default control socket is one path per user: concurrent servers would take it from each other.
+        "--no-control-socket",
         *extra,
     ]  # fmt: skip
 
 
-def worker_argv(concurrency: int | None, beat: bool, loglevel: str, data_dir: Path, extra: tuple[str, ...] = ()) -> list[str]:
+def worker_argv(
+    concurrency: int | None, beat: bool, loglevel: str, data_dir: Path, extra: tuple[str, ...] = ()
+) -> list[str]:
     """The Celery worker command line (optionally with the embedded beat scheduler that runs the sweeper)."""
     from worker.app import QUEUE
 
@@ -353,7 +361,9 @@ def up(host: str, port: int, concurrency: int) -> None:
         SKETCHWATCH_DATABASE_URL=settings.database_url,
         SKETCHWATCH_BROKER_URL=settings.broker_url,
         # One key for every process, kept on disk: sessions stay valid across workers and restarts.
-        SKETCHWATCH_SECRET_KEY=settings.secret_key if os.environ.get("SKETCHWATCH_SECRET_KEY") else _persistent_secret(data_dir),
+        SKETCHWATCH_SECRET_KEY=settings.secret_key
+        if os.environ.get("SKETCHWATCH_SECRET_KEY")
+        else _persistent_secret(data_dir),
     )
     url = f"http://{host}:{port}/"
     click.echo(f"SketchWatch data in {data_dir}")
@@ -363,6 +373,8 @@ def up(host: str, port: int, concurrency: int) -> None:
         click.echo(f"  username: {username}")
         click.echo(f"  password: {password}")
         click.echo(f"  API key:  {key}")
+    else:
+        click.echo("Log in with an existing user (add one with `sketchwatch users create`).")
     sys.stdout.flush()
 
     supervisor = Supervisor()

@@ -15,3 +15,6 @@ def shared_data() -> Path:
     if not QUICKDRAW_DIR.is_dir():
         pytest.skip(f"shared Quick Draw data not found at {QUICKDRAW_DIR}")
     return QUICKDRAW_DIR
+
+
+pytest_plugins = ["stack_fixtures"]

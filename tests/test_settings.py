@@ -11,7 +11,7 @@ from service.settings import Settings, get_settings
 def test_zero_setup_defaults_need_no_server(tmp_path):
     s = get_settings({"data_dir": tmp_path})
     assert s.database_url == f"sqlite:///{tmp_path / 'sketchwatch.db'}"
-    assert s.broker_url.startswith("sqla+sqlite:///")
+    assert s.broker_url == "filesystem://" and s.broker_dir == tmp_path / "broker"
     assert s.secret_key and len(s.secret_key) >= 32
 
 

@@ -21,6 +21,18 @@ def celery_config(settings: Settings) -> dict:
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
         }
+    elif settings.broker_url.startswith("filesystem://"):
+        queue_dir, control_dir = settings.broker_dir / "queue", settings.broker_dir / "control"
+        queue_dir.mkdir(parents=True, exist_ok=True)
+        control_dir.mkdir(parents=True, exist_ok=True)
+        transport = {
+            "data_folder_in": str(queue_dir),
+            "data_folder_out": str(queue_dir),
+            "control_folder": str(control_dir),
+            "polling_interval": 0.1,
+        }
+    elif settings.broker_url.startswith("sqla+sqlite"):
+        transport = {"connect_args": {"timeout": 30}}
     return {
         "broker_url": settings.broker_url,
         "broker_transport_options": transport,
@@ -37,6 +49,8 @@ def celery_config(settings: Settings) -> dict:
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
+        # Pool processes load TensorFlow and the model at start; Celery's 4 s default kills them first.
+        "worker_proc_alive_timeout": 300.0,
         "beat_schedule": {
             "sweep-queued": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_s},
         },
