@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.model_info import model_meta
 from service.schema import STATUS_SCORED, Sketch, ThresholdChange
 
 FALLBACK_THRESHOLD = 0.5
+# Serialises "read threshold + write flags" between workers and a threshold change (PostgreSQL only;
+# SQLite already serialises writers).
+_ADVISORY_LOCK_KEY = 0x5C3A7C
 
 
 def default_threshold(settings) -> float:
@@ -17,6 +20,16 @@ def default_threshold(settings) -> float:
         return float(settings.default_threshold)
     suggested = model_meta(settings.model_dir).get("suggested_threshold")
     return float(suggested) if suggested is not None else FALLBACK_THRESHOLD
+
+
+def lock_threshold(session: Session, exclusive: bool = False) -> None:
+    """Hold the threshold lock until this transaction ends, so flags never mix two thresholds.
+
+    Workers take it shared (they don't block each other); a threshold change takes it exclusive.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        fn = func.pg_advisory_xact_lock if exclusive else func.pg_advisory_xact_lock_shared
+        session.execute(select(fn(_ADVISORY_LOCK_KEY)))
 
 
 def current_threshold(session: Session, settings) -> float:
@@ -29,6 +42,7 @@ def current_threshold(session: Session, settings) -> float:
 
 def apply_threshold(session: Session, settings, value: float, who: str, reason: str = "") -> ThresholdChange:
     """Record a change and re-flag every stored score in SQL, without the model."""
+    lock_threshold(session, exclusive=True)
     previous = current_threshold(session, settings)
     change = ThresholdChange(value=float(value), previous=previous, changed_by=who, reason=reason or "")
     session.add(change)

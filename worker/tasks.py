@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from service.extensions import db
 from service.logs import configure_logging
 from service.schema import STATUS_FAILED, STATUS_QUEUED, STATUS_SCORED, Sketch, utcnow
-from service.thresholds import current_threshold
+from service.thresholds import current_threshold, lock_threshold
 from worker import model_runtime
 from worker.app import QUEUE, SCORE_TASK, SWEEP_TASK, celery_app
 
@@ -254,6 +254,7 @@ def _score_chunk(ids: list[int], scorer) -> BatchOutcome:
     results = run_model(scorer, bitmaps, errors)
     now = utcnow()
     with db.session_scope() as session:
+        lock_threshold(session)
         threshold = current_threshold(session, settings)
         if results:
             session.execute(
