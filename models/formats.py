@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -287,6 +288,7 @@ def read_binary(path: str | Path) -> Iterator[Drawing]:
 
 def load_npy(path: str | Path) -> np.ndarray:
     """Memory-map a bitmap .npy file and return it as a read-only (N, 28, 28) uint8 view."""
+    _check_npy_length(path)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -300,6 +302,31 @@ def load_npy(path: str | Path) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[1:] == (SIDE, SIDE):
         return arr
     raise FormatError(path, None, f"expected shape (N, 784) or (N, 28, 28), got {arr.shape}")
+
+
+def _check_npy_length(path: str | Path) -> None:
+    """Name the offset where a truncated .npy ends, which np.load's own error does not."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            data_offset = fh.tell()
+    except (ValueError, OSError, EOFError):
+        return  # np.load reports unreadable headers itself
+    have = os.path.getsize(path) - data_offset
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if have < need:
+        row_bytes = max(1, need // max(1, shape[0])) if shape else need
+        rows = shape[0] if shape else 1
+        raise FormatError(
+            path,
+            f"offset {data_offset + have}",
+            f"file ends inside row {have // row_bytes} of {rows}: the header declares shape {shape} "
+            f"({need} bytes of {dtype} from offset {data_offset}) but only {have} bytes follow",
+        )
 
 
 def read_npy(path: str | Path) -> Iterator[Bitmap]:

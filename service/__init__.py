@@ -30,13 +30,12 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     from service import queue
-    from service.extensions import csrf, db, limiter, login_manager
+    from service.extensions import csrf, db, login_manager
     from service.logs import configure_logging
 
     configure_logging(settings)
     db.init_app(app)
     csrf.init_app(app)
-    limiter.init_app(app)
     login_manager.init_app(app)
     queue.init_app(app, settings)
 
@@ -51,6 +50,12 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     app.register_blueprint(dashboard_bp)
     # The API authenticates with bearer keys, not cookies, so CSRF does not apply to it.
     csrf.exempt(api_bp)
+
+    from service import metrics, ratelimit
+
+    # After the blueprints: rate limits attach to the API blueprint and the login view.
+    ratelimit.init_app(app, settings)
+    metrics.init_app(app, settings)
     return app
 
 

@@ -185,6 +185,16 @@ def _store_and_enqueue(
         result.accepted = store(db.session, client, rows)
         new_ids = [sketch_id for _, sketch_id, duplicate in result.accepted if not duplicate]
         result.enqueued = enqueue(db.session, new_ids, settings.worker_batch_size)
+        log.info(
+            "stored %d sketches",
+            len(new_ids),
+            extra={
+                "sketch_ids": new_ids,
+                "client": client,
+                "duplicates": len(result.accepted) - len(new_ids),
+                "enqueued": result.enqueued,
+            },
+        )
     return result
 
 

@@ -17,6 +17,7 @@ from service.api.auth_key import current_client, require_api_key
 from service.api.errors import ApiError
 from service.api.schemas import ListQuery, first_error, from_quickdraw
 from service.extensions import db, limiter
+from service.ratelimit import api_key_or_address
 # Module import (not names): service.intake imports service.api.schemas, which loads this package.
 from service import intake
 from service.schema import Sketch
@@ -51,12 +52,6 @@ def _submit_limit() -> str:
     return app_settings(current_app).ratelimit_submit
 
 
-def _rate_key() -> str:
-    # Limit per API key (by its header), so clients behind one proxy do not share a budget.
-    header = request.headers.get("Authorization") or request.headers.get("X-API-Key") or ""
-    return "key:" + header[-16:] if header else "ip:" + (request.remote_addr or "?")
-
-
 def _status_base() -> str:
     base = g.get("sketches_url")
     if base is None:
@@ -73,7 +68,7 @@ def status_url(sketch_id: int) -> str:
 
 
 @bp.post("/sketches")
-@limiter.limit(_submit_limit, key_func=_rate_key)
+@limiter.limit(_submit_limit, key_func=api_key_or_address)
 @require_api_key
 def submit_sketches():
     """Accept one sketch, a batch (JSON array or ndjson) or an image; 202 as soon as stored."""
