@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -62,7 +63,22 @@ class Sketch(Base):
         Index("ix_sketches_status_submitted", "status", "submitted_at"),
         Index("ix_sketches_flagged_score", "flagged", "score"),
         Index("ix_sketches_score", "score"),
-        Index("ix_sketches_submitted_at", "submitted_at"),
+        # INCLUDE lets time-window histograms read scores from the index alone (PostgreSQL).
+        Index("ix_sketches_submitted_at", "submitted_at", postgresql_include=["score", "model_version"]),
+        # Partial indexes: the sweeper's queue scan and the "unreviewed flagged" gallery stay small
+        # however many sketches are stored.
+        Index(
+            "ix_sketches_queued_id",
+            "id",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
+        Index(
+            "ix_sketches_unreviewed_flagged_score",
+            "score",
+            postgresql_where=text("flagged AND verdict IS NULL"),
+            sqlite_where=text("flagged AND verdict IS NULL"),
+        ),
         Index("ix_sketches_model_version_score", "model_version", "score"),
         Index("ix_sketches_client_submitted", "client", "submitted_at"),
     )
