@@ -131,7 +131,7 @@ def save_artifact(model, meta: dict[str, Any], out_dir: str | Path) -> dict[str,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     digest = weights_sha256(model)
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     full = dict(meta)
     full.setdefault("schema", SCHEMA_VERSION)
     full.setdefault("version", f"{now:%Y%m%d}-{digest[:8]}")
@@ -160,7 +160,7 @@ def load_artifact(model_dir: str | Path):
 
     try:
         model = keras.saving.load_model(path, compile=False, custom_objects=custom_objects())
-    except Exception as exc:  # Keras raises many types (ValueError, OSError, zipfile errors) for bad files.
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types (ValueError, OSError, zip errors) for bad files.
         raise ArtifactError(f"{path}: cannot load the Keras model ({type(exc).__name__}: {exc})") from None
     size = coerce_config(meta["architecture"]).input_size
     _check(tuple(model.input_shape[1:]) == (size, size, 1), path,

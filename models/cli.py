@@ -165,7 +165,12 @@ def train_command(data_files, outlier_files, holdout_categories, cat_holdout, ho
 
     from models.artifact import save_artifact
     from models.metrics import evaluate_scores
-    from models.scoring import DEFAULT_FORMULA, SCORE_DEFINITION, configure_tensorflow, score_batch
+    from models.scoring import (
+        DEFAULT_FORMULA,
+        SCORE_DEFINITION,
+        configure_tensorflow,
+        score_batch,
+    )
     from models.train import train_model
 
     configure_tensorflow(threads)
@@ -214,7 +219,7 @@ def train_command(data_files, outlier_files, holdout_categories, cat_holdout, ho
         "suggested_threshold": threshold,
         "threshold_rule": (f"{threshold_percentile}th percentile of the held-out cats' scores: about "
                            f"{100 - float(threshold_percentile):g}% of cats get flagged"),
-        "trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "trained_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "training": {
             "command": _command_line(),
             "seed": seed, "epochs": epochs, "batch_size": batch_size, "patience": patience,

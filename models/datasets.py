@@ -115,7 +115,7 @@ def split_holdout(n: int, fraction: float, seed: int, always_holdout: int = 0) -
         raise ValueError("holdout fraction must be in (0, 1)")
     if not 0 <= always_holdout <= n:
         raise ValueError(f"always_holdout must be in [0, {n}]")
-    n_hold = max(int(round(n * fraction)), always_holdout)
+    n_hold = max(round(n * fraction), always_holdout)
     rest = np.random.default_rng(seed).permutation(np.arange(always_holdout, n))
     held = np.concatenate([np.arange(always_holdout), rest[: n_hold - always_holdout]])
     train = rest[n_hold - always_holdout :]
@@ -138,7 +138,7 @@ def split_categories(
             raise ValueError("category holdout fraction must be in [0, 1)")
         rest = [c for c in categories if c not in set(forced)]
         order = np.random.default_rng(seed).permutation(len(rest))
-        n_hold = int(round(len(rest) * float(holdout)))
+        n_hold = round(len(rest) * float(holdout))
         held = sorted(forced + [rest[i] for i in order[:n_hold]])
     else:
         held = sorted({str(h) for h in holdout})

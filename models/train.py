@@ -15,7 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from models.autoencoder import AutoencoderConfig, build_autoencoder, coerce_config, to_model_input
+from models.autoencoder import (
+    AutoencoderConfig,
+    build_autoencoder,
+    coerce_config,
+    to_model_input,
+)
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,7 @@ def _validation_loss(model, x: np.ndarray, y: np.ndarray, w: np.ndarray, batch_s
 def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random (train, validation) index split with round(n * fraction) validation items."""
     order = rng.permutation(n)
-    n_val = int(round(n * fraction))
+    n_val = round(n * fraction)
     return order[n_val:], order[:n_val]
 
 

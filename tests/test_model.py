@@ -12,7 +12,13 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from models.artifact import ArtifactError, load_artifact, read_meta, save_artifact, shipped_model_dir
+from models.artifact import (
+    ArtifactError,
+    load_artifact,
+    read_meta,
+    save_artifact,
+    shipped_model_dir,
+)
 from models.autoencoder import AutoencoderConfig, build_autoencoder, to_model_input
 from models.cli import evaluate_command, train_command
 from models.datasets import fingerprint, load_file, split_categories, split_holdout
@@ -129,7 +135,7 @@ def test_augmentation_identity_and_range(cats):
 
 
 def test_training_smoke_run(tiny_model):
-    model, history = tiny_model
+    _, history = tiny_model
     assert len(history.loss) == 1 and len(history.val_loss) == 1
     assert np.isfinite(history.loss[0]) and history.best_epoch == 0
     assert history.n_train_cats == 240 and history.n_val_outliers == 60
