@@ -99,6 +99,16 @@ def drop_pg_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def fresh_pg_database(migrate: bool = True) -> Iterator[str]:
+    """A new PostgreSQL database (migrated unless told not to) for the block, dropped afterwards."""
+    url = create_pg_database(migrate)
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
 def flush_redis(url: str) -> None:
     """FLUSHDB on the Redis database of ``url``."""
     import redis

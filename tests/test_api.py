@@ -27,10 +27,10 @@ from service.extensions import db
 from service.migrate import upgrade
 from service.schema import ApiKey, Sketch, utcnow
 from service.security import hash_api_key, new_api_key
+from stack_fixtures import fresh_pg_database
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/quickdraw"
 needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data folder {SHARED} is absent")
-PG_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 URL = "/api/v1/sketches"
 SQUARE = [[[0, 255, 255, 0, 0], [0, 0, 255, 255, 0]]]
 
@@ -47,21 +47,11 @@ def database_url(request, tmp_path_factory):
         yield url
         db.dispose()
         return
-    psycopg = pytest.importorskip("psycopg")
-    name = f"sw_api_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        db.dispose()
-        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database() as url:
+        try:
+            yield url
+        finally:
+            db.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import uuid
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -13,6 +11,7 @@ from sqlalchemy import create_engine
 
 from service.migrate import MIGRATIONS_DIR, heads, upgrade
 from service.schema import Base
+from stack_fixtures import fresh_pg_database
 
 
 def test_single_head():
@@ -42,12 +41,8 @@ def test_sqlite_schema_matches_models(tmp_path):
 @pytest.fixture
 def pg_empty_url():
     """A brand-new, empty PostgreSQL database, dropped afterwards."""
-    name = f"sw_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database(migrate=False) as url:
+        yield url
 
 
 def test_postgres_schema_matches_models(pg_empty_url):

@@ -21,12 +21,12 @@ from service.extensions import db
 from service.migrate import upgrade
 from service.schema import ROLE_ADMIN, ROLE_REVIEWER, ApiKey, Review, Sketch, ThresholdChange, User, utcnow
 from service.security import hash_api_key, hash_password, new_api_key
+from stack_fixtures import fresh_pg_database
 
 ADMIN = ("root-admin", "admin-password-123")
 REVIEWER = ("rita-reviewer", "reviewer-password-123")
 SQUARE = [[[0, 255, 255, 0, 0], [0, 0, 255, 255, 0]]]
 SUBMIT = "/api/v1/sketches"
-PG_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 
 XSS_META = {
     "note": "<script>window.__xss = 'meta'</script>",
@@ -409,24 +409,14 @@ def test_filters_cannot_inject_sql_sqlite(app, env):
 
 
 def test_filters_cannot_inject_sql_postgresql(env, tmp_path):
-    psycopg = pytest.importorskip("psycopg")
-    name = f"sw_sec_{uuid.uuid4().hex[:10]}"
-    try:
-        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
-        upgrade(url)
-        pg_app = build_app(tmp_path, url)
-        seeded = seed_accounts(pg_app)
-        _injection_sweep(pg_app, seeded["key"], seeded["key_name"])
-    finally:
-        db.dispose()
-        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        db.configure(env["url"])  # the db holder is process-global: give the module's app its database back
+    with fresh_pg_database() as url:
+        try:
+            pg_app = build_app(tmp_path, url)
+            seeded = seed_accounts(pg_app)
+            _injection_sweep(pg_app, seeded["key"], seeded["key_name"])
+        finally:
+            db.dispose()
+            db.configure(env["url"])  # the db holder is process-global: give the module's app its database back
 
 
 # --------------------------------------------------------------------------- rate limits

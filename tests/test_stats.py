@@ -6,7 +6,6 @@ Every test runs on a temp SQLite file and on a fresh PostgreSQL database (create
 from __future__ import annotations
 
 import math
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -19,8 +18,8 @@ from service.db import make_engine
 from service.migrate import upgrade
 from service.reviews import record_reviews
 from service.schema import Review, Sketch, ThresholdChange
+from stack_fixtures import fresh_pg_database
 
-PG_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
 
@@ -34,24 +33,12 @@ def engine(request, tmp_path_factory):
         yield eng
         eng.dispose()
         return
-    psycopg = pytest.importorskip("psycopg")
-    name = f"sw_stats_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    eng = None
-    try:
-        upgrade(url)
+    with fresh_pg_database() as url:
         eng = make_engine(url)
-        yield eng
-    finally:
-        if eng is not None:
+        try:
+            yield eng
+        finally:
             eng.dispose()
-        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
