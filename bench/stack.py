@@ -44,6 +44,24 @@ class StackError(RuntimeError):
     """The stack could not be started or did not become ready in time."""
 
 
+def wait_until_ready(url: str, proc: subprocess.Popen, timeout_s: float, log_tail) -> None:
+    """Poll ``url``/readyz until it answers 200; StackError if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"web exited with {proc.returncode}:\n{log_tail()}")
+        try:
+            resp = requests.get(url + "/readyz", timeout=2)
+            if resp.status_code == 200:
+                return
+            last = resp.text
+        except requests.RequestException as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise StackError(f"web not ready after {timeout_s:.0f} s ({last}):\n{log_tail()}")
+
+
 @dataclass
 class StackConfig:
     """How many processes of each kind, and the settings they share."""
@@ -230,20 +248,7 @@ class Stack:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        last = ""
-        while time.monotonic() < deadline:
-            if self.web.poll() is not None:
-                raise StackError(f"gunicorn exited with {self.web.returncode}:\n{self.log_tail('web')}")
-            try:
-                resp = requests.get(self.url + "/readyz", timeout=2)
-                if resp.status_code == 200:
-                    return
-                last = resp.text
-            except requests.RequestException as exc:
-                last = str(exc)
-            time.sleep(0.2)
-        raise StackError(f"web not ready after {READY_TIMEOUT_S:.0f} s ({last}):\n{self.log_tail('web')}")
+        wait_until_ready(self.url, self.web, READY_TIMEOUT_S, lambda: self.log_tail("web"))
 
     def start_workers(self, n: int) -> None:
         """Start one Celery worker with ``n`` prefork processes, as ``sketchwatch worker -c n`` does."""

@@ -408,20 +408,9 @@ class Stack:
         argv = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--workers", str(self.web_workers), "--threads", "8"]  # fmt: skip
         proc = self._spawn("web", argv, self.environment())
-        deadline = time.monotonic() + WEB_READY_TIMEOUT_S
-        last = ""
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"web exited with {proc.returncode}\n{self._tail('web')}")
-            try:
-                resp = requests.get(self.url + "/readyz", timeout=2)
-                if resp.status_code == 200:
-                    return
-                last = resp.text
-            except requests.RequestException as exc:
-                last = str(exc)
-            time.sleep(0.2)
-        raise TimeoutError(f"web not ready within {WEB_READY_TIMEOUT_S:.0f} s: {last}\n{self._tail('web')}")
+        from bench.stack import wait_until_ready
+
+        wait_until_ready(self.url, proc, WEB_READY_TIMEOUT_S, lambda: self._tail("web"))
 
     def web_alive(self) -> bool:
         """True while the web process runs."""
