@@ -250,6 +250,7 @@ def _float_list(_ctx, _param, value: str | None) -> list[float] | None:
 @click.option("--duration", type=click.FloatRange(min=1), default=None, help="Seconds of batch submissions in the main run [60].")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Celery worker processes in the main run [2].")
 @click.option("--web-workers", type=click.IntRange(min=1), default=None, help="gunicorn processes [2].")
+@click.option("--web-threads", type=click.IntRange(min=1), default=None, help="Threads per gunicorn process [4].")
 @click.option("--rate", type=click.FloatRange(min=0.1), default=None, help="Offered single sketches/s for the latency target [200].")
 @click.option("--rows", type=click.IntRange(min=100), default=None, help="Largest dashboard table; 1000000 for the 10^6 target [100000].")
 @click.option("--skip-e2e", is_flag=True, help="Skip the live-stack phases (throughput, latency, growth).")

@@ -23,7 +23,6 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
-        RATELIMIT_HEADERS_ENABLED=True,
         TESTING=settings.env == "testing",
     )
     app.extensions["sketchwatch_settings"] = settings
@@ -39,11 +38,13 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     login_manager.init_app(app)
     queue.init_app(app, settings)
 
+    from service.api import auth_key
     from service.api import bp as api_bp
     from service.auth import bp as auth_bp
     from service.dashboard import bp as dashboard_bp
     from service.health import bp as health_bp
 
+    auth_key.init_app(app, settings)
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp, url_prefix="/api/v1")
     app.register_blueprint(auth_bp)

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
+import orjson
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 
+def json_dumps(value: Any) -> str:
+    """JSON for JSON columns: orjson (drawings are most of every row), the stdlib for what orjson refuses."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError: integers beyond 64 bits, non-str keys
+        return json.dumps(value)
+
+
 def make_engine(url: str, **kwargs) -> Engine:
     """Create an engine; SQLite gets WAL and a busy timeout so web and worker can share it."""
+    kwargs.setdefault("json_serializer", json_dumps)
+    kwargs.setdefault("json_deserializer", orjson.loads)
     if url.startswith("sqlite"):
         kwargs.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
         engine = create_engine(url, **kwargs)

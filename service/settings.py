@@ -39,7 +39,13 @@ class Settings(BaseSettings):
     max_image_pixels: int = 16_000_000
 
     worker_batch_size: int = 256
+    # Each web process sends at most one scoring task per this interval, gathering ids meanwhile (0: one per request).
+    enqueue_linger_ms: float = Field(default=100.0, ge=0, le=10_000)
+    # A key revoked through another process stops working within this long (0 looks it up every request).
+    api_key_cache_s: float = Field(default=5.0, ge=0, le=300)
     tf_threads: int = 1
+    # Scoring is background work: at a lower CPU priority it never delays an intake answer on a shared host.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     task_max_retries: int = 5
     sweep_interval_s: float = 30.0
     sweep_after_s: float = 120.0
@@ -49,6 +55,7 @@ class Settings(BaseSettings):
     ratelimit_storage_uri: str = "memory://"
     ratelimit_submit: str = "6000 per minute"
     ratelimit_login: str = "10 per minute"
+    ratelimit_headers: bool = False  # X-RateLimit-* on every answer (two more storage round trips each)
 
     log_level: str = "INFO"
     log_json: bool = True

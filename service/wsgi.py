@@ -1,5 +1,8 @@
 """WSGI entry point for gunicorn (``gunicorn service.wsgi:app``); settings come from SKETCHWATCH_* variables."""
 
+from models.normalize import normalize_raw
 from service import create_app
 
 app = create_app()
+# Load the numba kernels for raw strokes now, at boot, rather than stalling the first raw submission.
+normalize_raw([[[0, 10, 20], [0, 5, 0]]])

@@ -137,7 +137,7 @@ class PrivateRedis:
              "--logfile", str(self.workdir / "redis.log")],
             check=True, timeout=timeout_s,
         )  # fmt: skip
-        _wait(lambda: self.ping(), timeout_s, f"redis-server on port {self.port} did not answer")
+        wait_for(lambda: self.ping(), timeout_s, f"redis-server on port {self.port} did not answer")
 
     def ping(self) -> bool:
         """True when the server answers."""
@@ -162,18 +162,20 @@ class PrivateRedis:
             os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
         except (FileNotFoundError, ValueError, ProcessLookupError):
             pass  # not running
-        _wait(
+        wait_for(
             lambda: not self.ping() and not pidfile.exists(),
             timeout_s,
             f"redis-server on port {self.port} did not stop",
         )
 
 
-def _wait(condition, timeout_s: float, message: str, poll_s: float = 0.1) -> None:
+def wait_for(condition, timeout_s: float, message: str, poll_s: float = 0.1):
+    """Poll ``condition`` until it returns something truthy, and return that; TimeoutError otherwise."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if condition():
-            return
+        value = condition()
+        if value:
+            return value
         time.sleep(poll_s)
     raise TimeoutError(f"{message} within {timeout_s:.0f} s")
 
@@ -587,7 +589,7 @@ def _wait_group_gone(pgid: int, timeout_s: float = 10.0) -> None:
         return True
 
     try:
-        _wait(gone, timeout_s, f"processes of group {pgid} still alive")
+        wait_for(gone, timeout_s, f"processes of group {pgid} still alive")
     except TimeoutError:
         try:
             os.killpg(pgid, signal.SIGKILL)

@@ -156,7 +156,12 @@ def test_api_key_lifecycle(migrated, env):
         assert key.startswith(row.prefix)
 
     app = create_app(
-        {**{k[len("SKETCHWATCH_") :].lower(): v for k, v in env.items()}, "env": "testing", "ratelimit_enabled": False}
+        {
+            **{k[len("SKETCHWATCH_") :].lower(): v for k, v in env.items()},
+            "env": "testing",
+            "ratelimit_enabled": False,
+            "api_key_cache_s": 0.5,
+        }
     )
     client = app.test_client()
     headers = {"Authorization": f"Bearer {key}"}
@@ -167,7 +172,11 @@ def test_api_key_lifecycle(migrated, env):
 
     revoked = run("apikeys", "revoke", "--name", "ci-client")
     assert revoked.exit_code == 0 and "revoked API key 'ci-client'" in revoked.output
-    assert client.get("/api/v1/sketches", headers=headers).status_code == 401
+    # Another process revoked it: this one refuses the key once its cached lookup expires.
+    deadline = time.monotonic() + 5
+    while client.get("/api/v1/sketches", headers=headers).status_code != 401:
+        assert time.monotonic() < deadline, "a revoked key still works after the cache TTL"
+        time.sleep(0.1)
     again = run("apikeys", "revoke", "--name", "ci-client")
     assert again.exit_code == 0 and "already revoked" in again.output
 

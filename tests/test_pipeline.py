@@ -29,7 +29,7 @@ import redis as redis_lib
 import requests
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
-from stack_fixtures import READY_LINE, ROOT, PrivateRedis, free_port
+from stack_fixtures import READY_LINE, ROOT, PrivateRedis, free_port, wait_for
 
 from service.schema import (
     STATUS_FAILED,
@@ -438,10 +438,15 @@ def test_broker_outage_sketches_are_stored_then_scored(live, broker, drawings):
         assert resp.status_code == 202, resp.text[:300]
         assert elapsed < 20, f"intake blocked {elapsed:.1f} s on the dead broker"
         ids = [item["id"] for item in resp.json()["items"]]
-        with live.session() as s:
-            rows = s.execute(select(Sketch.status, Sketch.enqueued_at).where(Sketch.id.in_(ids))).all()
+
+        def unsent_rows():
+            with live.session() as s:
+                rows = s.execute(select(Sketch.status, Sketch.enqueued_at).where(Sketch.id.in_(ids))).all()
+            return rows if all(r.enqueued_at is None for r in rows) else None
+
+        # The web process's sender thread fails to publish and clears enqueued_at: left for the sweeper.
+        rows = wait_for(unsent_rows, 20, "failed sends were not marked unsent")
         assert {r.status for r in rows} == {STATUS_QUEUED}
-        assert all(r.enqueued_at is None for r in rows)  # never sent: left for the sweeper
         time.sleep(3)  # the worker and beat see the outage and start reconnecting
     finally:
         broker.start()

@@ -91,6 +91,9 @@ def _check_model_before_fork(**_kwargs) -> None:
         log.critical("worker not started: the scoring model is unavailable: %s", exc)
         raise SystemExit(model_runtime.EX_CONFIG) from None
     log.info("model artifact %s checked", path)
+    if settings.worker_nice:
+        # Before the pool forks, so every pool process inherits it.
+        os.nice(settings.worker_nice)
     # A pool process that cannot load the model signals this, and the worker stops with EX_CONFIG.
     signal.signal(signal.SIGUSR2, _on_model_failure)
 

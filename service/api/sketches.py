@@ -16,8 +16,7 @@ from service.api import bp
 from service.api.auth_key import current_client, require_api_key
 from service.api.errors import ApiError
 from service.api.schemas import ListQuery, first_error, from_quickdraw
-from service.extensions import db, limiter
-from service.ratelimit import api_key_or_address
+from service.extensions import db
 # Module import (not names): service.intake imports service.api.schemas, which loads this package.
 from service import intake
 from service.schema import Sketch
@@ -46,12 +45,6 @@ STATUS_COLUMNS = (
 )
 
 
-def _submit_limit() -> str:
-    from service import app_settings
-
-    return app_settings(current_app).ratelimit_submit
-
-
 def _status_base() -> str:
     base = g.get("sketches_url")
     if base is None:
@@ -67,8 +60,8 @@ def status_url(sketch_id: int) -> str:
 # --------------------------------------------------------------------------- submit
 
 
+# Rate-limited by the API blueprint's per-key limit (service.ratelimit), like every API route.
 @bp.post("/sketches")
-@limiter.limit(_submit_limit, key_func=api_key_or_address)
 @require_api_key
 def submit_sketches():
     """Accept one sketch, a batch (JSON array or ndjson) or an image; 202 as soon as stored."""

@@ -6,6 +6,7 @@ from flask import abort, flash, redirect, render_template, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
 
+from service.api.auth_key import forget_api_keys
 from service.auth import bp
 from service.auth.access import role_required
 from service.auth.forms import ActionForm, ApiKeyForm, UserForm
@@ -103,5 +104,6 @@ def revoke_key(key_id: int):
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         db.session.commit()
+        forget_api_keys()
         flash(f"Key {key.name} revoked.", "success")
     return redirect(url_for("auth.keys"))

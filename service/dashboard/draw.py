@@ -46,7 +46,6 @@ def submit_drawing():
     return (
         jsonify(
             id=sketch_id,
-            enqueued=result.enqueued,
             status_url=url_for("dashboard.draw_status", sketch_id=sketch_id),
             detail_url=url_for("dashboard.detail", sketch_id=sketch_id),
         ),
