@@ -79,6 +79,14 @@ class Sketch(Base):
             postgresql_where=text("flagged AND verdict IS NULL"),
             sqlite_where=text("flagged AND verdict IS NULL"),
         ),
+        # Flagged counts per model version or time window, from the index alone (see migration 0003).
+        Index(
+            "ix_sketches_flagged_submitted",
+            "submitted_at",
+            postgresql_include=["model_version"],
+            postgresql_where=text("flagged"),
+            sqlite_where=text("flagged"),
+        ),
         Index("ix_sketches_model_version_score", "model_version", "score"),
         Index("ix_sketches_client_submitted", "client", "submitted_at"),
     )

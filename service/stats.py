@@ -261,6 +261,8 @@ def _counts_by_range(session: Session, flt: StatsFilter, edges: list[float]) -> 
 
     Used without a time window, where (score) or (model_version, score) covers every term.
     """
+    # Not one "GROUP BY bin" pass: PostgreSQL expects one group per row there and scans serially
+    # (~350 ms for 8*10^5 scores on 2 cores), while these counts run as a Parallel Append (~180 ms).
     where = flt.clauses()
     parts = [
         select(literal(i).label("b"), func.count().label("n")).where(_in_bin(i, edges), *where)
@@ -328,6 +330,8 @@ def _count_windowed(session: Session, term: ColumnElement[bool], flt: StatsFilte
     """Count ``term`` rows in the filter; for a wide window, all rows minus those outside it.
 
     ``term`` picks the index; the window is checked per row, so the side with fewer rows is walked.
+    For ``flagged`` on PostgreSQL the partial index (submitted_at) INCLUDE (model_version) WHERE flagged
+    holds both residual columns, so those checks do not read table rows (bar pages not yet all-visible).
     """
     if not flt.has_window or _window_share(session, flt) <= COMPLEMENT_ABOVE:
         return _count(session, term, *flt.residual())
@@ -344,7 +348,8 @@ def counts(session: Session, flt: StatsFilter | None = None, scored: int | None 
     """Counts by state; pass ``scored`` when already known (a full-range histogram total) to skip a scan.
 
     Each count is its own query so that every one is answered from an index
-    ((status, submitted_at), (flagged, score), verdict) instead of one scan of the table.
+    ((status, submitted_at), (flagged, score) or the flagged partial index, verdict) instead of one
+    scan of the table.
     """
     flt = flt or StatsFilter()
     by_status = flt.clauses(index_model=False)  # (status, submitted_at) serves status + window
@@ -355,7 +360,8 @@ def counts(session: Session, flt: StatsFilter | None = None, scored: int | None 
         scored = _count(session, Sketch.score.is_not(None), *flt.clauses(index_window=False))
     elif scored is None:
         scored = _count(session, Sketch.status == STATUS_SCORED, *by_status)
-    # '= true' rather than 'IS true': PostgreSQL only uses the (flagged, score) index for equality.
+    # '= true' rather than 'IS true': PostgreSQL matches the "WHERE flagged" partial index (which a
+    # model version or window needs) only from equality; 'IS true' reads the table for each flagged row.
     flagged = _count_windowed(session, Sketch.flagged == true(), flt)
     reviewed = _count_windowed(session, _REVIEWED, flt)
     return Counts(

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from sqlalchemy import delete, event, insert
+from sqlalchemy import delete, event, insert, update
 from sqlalchemy.orm import Session
 
 from service import stats
@@ -230,6 +230,47 @@ def test_counts_by_state_match_python(session):
     assert stats.overview(session, window)[1] == w
     mv = stats.counts(session, stats.StatsFilter(model_version="v1"))
     assert (mv.scored, mv.queued, mv.failed) == (400, 0, 0)
+
+
+def _seed_two_versions(session):
+    """600 'old' and 600 'new' sketches interleaved in time (old at even, new at odd minutes), some flags stale."""
+    rng = np.random.default_rng(8)
+    scores = {"old": rng.uniform(0.0, 1.0, 600), "new": rng.uniform(0.2, 0.9, 600)}
+    ids = {
+        "old": seed(session, scores["old"], model_version="old", step=timedelta(minutes=2), threshold=0.7),
+        "new": seed(session, scores["new"], model_version="new", start=T0 + timedelta(minutes=1),
+                    step=timedelta(minutes=2), threshold=0.7),
+    }
+    seed(session, [None] * 9, status="queued", start=T0 + timedelta(minutes=300))
+    flagged = {v: scores[v] > 0.7 for v in scores}
+    # Flags are stored state, not "score > threshold": unflag some to prove the count reads the flag.
+    stale = [i for i in range(0, 600, 5) if flagged["new"][i]]
+    session.execute(update(Sketch).where(Sketch.id.in_([ids["new"][i] for i in stale])).values(flagged=False))
+    flagged["new"][stale] = False
+    record_reviews(session, ids["old"][::11], "cat", "rev")
+    session.commit()
+    return scores, flagged
+
+
+@pytest.mark.parametrize("start, stop", [(None, None), (100, None), (None, 1000), (30, 1170), (401, 733)])
+def test_overview_by_model_version_and_window_equals_python(session, start, stop):
+    """Histogram and counts for a model version and window equal numpy/Python, whichever index serves them."""
+    scores, flagged = _seed_two_versions(session)
+    minute = {"old": np.arange(600) * 2, "new": np.arange(600) * 2 + 1}
+    for version in ("old", "new"):
+        flt = stats.StatsFilter(
+            since=None if start is None else T0 + timedelta(minutes=start),
+            until=None if stop is None else T0 + timedelta(minutes=stop),
+            model_version=version,
+        )
+        keep = (minute[version] >= (start or 0)) & (minute[version] < (stop or 10**6))
+        hist, c = stats.overview(session, flt, bins=20)
+        all_scores = scores[version]
+        assert hist.counts == numpy_hist(all_scores[keep], 20, all_scores.min(), all_scores.max())[0]
+        assert c.scored == int(keep.sum())
+        assert c.flagged == int((flagged[version] & keep).sum())
+        assert c.reviewed == (int(keep[::11].sum()) if version == "old" else 0)
+        assert (c.queued, c.failed) == (0, 0)
 
 
 # --------------------------------------------------------------------------- threshold preview
