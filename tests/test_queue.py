@@ -1,0 +1,145 @@
+"""The per-process enqueuer: coalescing ids from many requests into few scoring tasks, and what a failed send does.
+
+The real broker path (Redis, the filesystem transport, a broker outage) is covered end to end in
+test_api.py and test_pipeline.py; here the sender is a plain function so the timing logic can be checked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from service.api.auth_key import KeyCache
+from service.queue import Enqueuer
+
+
+class Recorder:
+    """A send function that records each task's ids (and can be told to fail)."""
+
+    def __init__(self, fail: bool = False, delay_s: float = 0.0) -> None:
+        self.sent: list[list[int]] = []
+        self.unsent: list[list[int]] = []
+        self.fail = fail
+        self.delay_s = delay_s
+        self.lock = threading.Lock()
+
+    def send(self, ids: list[int]) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail:
+            raise ConnectionError("broker down")
+        with self.lock:
+            self.sent.append(list(ids))
+
+    def mark_unsent(self, ids: list[int]) -> None:
+        self.unsent.append(list(ids))
+
+
+def wait_until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def make(rec: Recorder, chunk: int = 256, linger_s: float = 0.2) -> Enqueuer:
+    return Enqueuer(send=rec.send, mark_unsent=rec.mark_unsent, chunk_size=chunk, linger_s=linger_s)
+
+
+def test_a_lone_id_after_a_quiet_spell_is_sent_at_once():
+    rec = Recorder()
+    q = make(rec, linger_s=10.0)
+    started = time.monotonic()
+    q.submit([1])
+    wait_until(lambda: rec.sent == [[1]])
+    assert time.monotonic() - started < 3.0  # not held for the 10 s linger
+
+
+def test_ids_arriving_within_the_linger_share_one_task():
+    rec = Recorder()
+    q = make(rec, linger_s=1.0)
+    q.submit([1])
+    wait_until(lambda: rec.sent == [[1]])
+    for i in range(2, 12):
+        q.submit([i])
+        time.sleep(0.005)
+    wait_until(lambda: sum(map(len, rec.sent)) == 11)
+    assert rec.sent == [[1], list(range(2, 12))]
+    assert q.tasks_sent == 2 and q.pending == 0
+
+
+def test_a_full_chunk_does_not_wait_for_the_linger():
+    rec = Recorder()
+    q = make(rec, chunk=4, linger_s=5.0)
+    q.submit([1])
+    wait_until(lambda: rec.sent == [[1]])
+    q.submit([2, 3, 4, 5, 6, 7, 8, 9, 10])
+    wait_until(lambda: sum(map(len, rec.sent)) == 10, timeout_s=2.0)
+    assert rec.sent == [[1], [2, 3, 4, 5], [6, 7, 8, 9], [10]]
+
+
+def test_flush_sends_everything_pending_and_waits_for_a_send_under_way():
+    rec = Recorder(delay_s=0.2)
+    q = make(rec, linger_s=5.0)
+    q.submit([1])  # the sender thread takes it and sleeps in send()
+    time.sleep(0.05)
+    q.submit([2, 3])  # waits for the linger
+    q.flush()
+    assert sorted(i for task in rec.sent for i in task) == [1, 2, 3]
+    assert q.pending == 0
+
+
+def test_a_failed_send_marks_the_rest_unsent_and_keeps_going():
+    rec = Recorder(fail=True)
+    q = make(rec, chunk=2, linger_s=0.05)
+    q.submit([1, 2, 3])
+    wait_until(lambda: rec.unsent)
+    assert rec.unsent == [[1, 2, 3]] and rec.sent == []
+    rec.fail = False
+    q.submit([4])
+    wait_until(lambda: rec.sent == [[4]])
+
+
+def test_no_linger_sends_in_the_callers_thread():
+    rec = Recorder()
+    q = make(rec, chunk=2, linger_s=0)
+    q.submit([1, 2, 3])
+    assert rec.sent == [[1, 2], [3]]  # already sent when submit returns
+
+
+def test_the_idle_sender_thread_exits_and_a_new_one_starts(monkeypatch):
+    from service import queue
+
+    monkeypatch.setattr(queue, "IDLE_EXIT_S", 0.1)
+    rec = Recorder()
+    q = make(rec, linger_s=0.01)
+    q.submit([1])
+    wait_until(lambda: rec.sent == [[1]])
+    wait_until(lambda: q._thread is None)
+    q.submit([2])
+    wait_until(lambda: rec.sent == [[1], [2]])
+
+
+# --------------------------------------------------------------------------- API-key cache
+
+
+def test_key_cache_remembers_valid_keys_for_the_ttl_only():
+    cache = KeyCache(ttl_s=0.2)
+    cache.put("h1", "client-a")
+    assert cache.get("h1") == "client-a" and cache.get("h2") is None
+    time.sleep(0.25)
+    assert cache.get("h1") is None
+
+
+def test_key_cache_with_ttl_zero_never_caches():
+    cache = KeyCache(ttl_s=0)
+    cache.put("h1", "client-a")
+    assert cache.get("h1") is None
+
+
+def test_key_cache_forget_drops_everything():
+    cache = KeyCache(ttl_s=60)
+    cache.put("h1", "a")
+    cache.put("h2", "b")
+    cache.forget()
+    assert cache.get("h1") is None and cache.get("h2") is None
