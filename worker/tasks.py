@@ -19,7 +19,8 @@ from datetime import timedelta
 
 import numpy as np
 from celery.signals import setup_logging, worker_init, worker_process_init
-from sqlalchemy import bindparam, case, func, select, update
+from sqlalchemy import BigInteger, any_, bindparam, case, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -246,7 +247,7 @@ def _score_chunk(ids: list[int], scorer) -> BatchOutcome:
     with db.session_scope() as session:
         rows = session.execute(
             select(Sketch.id, Sketch.drawing, Sketch.input_bitmap, Sketch.attempts)
-            .where(Sketch.id.in_(ids), Sketch.status == STATUS_QUEUED)
+            .where(_id_among(session, ids), Sketch.status == STATUS_QUEUED)
             .order_by(Sketch.id)
         ).all()
     found = {row.id for row in rows}
@@ -314,6 +315,13 @@ def _score_chunk(ids: list[int], scorer) -> BatchOutcome:
         },
     )
     return outcome
+
+
+def _id_among(session: Session, ids: list[int]):
+    """``id IN ids``; on PostgreSQL one array parameter, so the statement text is the same for every batch."""
+    if session.get_bind().dialect.name == "postgresql":
+        return Sketch.id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger)))
+    return Sketch.id.in_(ids)
 
 
 def build_inputs(rows) -> tuple[dict[int, np.ndarray], dict[int, str]]:
