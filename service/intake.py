@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, DateTime, Engine, bindparam, insert, select, text
 from sqlalchemy.orm import Session
 
-from models.formats import DrawingLimits, FormatError, parse_drawing, read_image
+from models.formats import FormatError, read_image
+from models.normalize import normalize_raw
 from service.db import json_dumps
 from service.extensions import db
 from service.queue import enqueue_scoring
@@ -54,10 +55,6 @@ def _settings(settings: Settings | None) -> Settings:
     return app_settings(current_app)
 
 
-def _limits(settings: Settings) -> DrawingLimits:
-    return DrawingLimits(max_strokes=settings.max_strokes, max_points=settings.max_points)
-
-
 def prepare_item(item: Any, settings: Settings) -> dict:
     """Validate one submitted sketch and return the column values to store; raises InputError."""
     # Imported here: service.api loads its route modules, and some of them import this module.
@@ -71,15 +68,13 @@ def prepare_item(item: Any, settings: Settings) -> dict:
     except ValidationError as exc:
         raise first_error(exc) from None
     check_drawing(sketch.drawing, sketch.format, settings.max_strokes, settings.max_points)
+    # SketchIn (2-3 non-empty rows of finite numbers per stroke) and check_drawing (equal row lengths, the
+    # point limit, coordinate ranges) have verified every rule parse_drawing applies; skipping its second
+    # pass saves a numpy round trip per drawing (raw: 240 -> 151 us, simplified: half of its cost).
     if sketch.format == "simplified":
-        # check_drawing has verified integers in 0..255 and every rule parse_drawing applies to
-        # simplified input; skipping its numpy round trip halves the cost of a 1000-sketch batch.
         drawing = [[list(map(int, row)) for row in stroke] for stroke in sketch.drawing]
     else:
-        try:
-            drawing = _int_strokes(parse_drawing(item["drawing"], sketch.format, _limits(settings)))
-        except ValueError as exc:
-            raise InputError("drawing", str(exc)) from None
+        drawing = _int_strokes(normalize_raw(sketch.drawing))
     return {
         "client_ref": sketch.client_ref,
         "source_format": sketch.format,

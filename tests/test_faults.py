@@ -30,7 +30,7 @@ from sqlalchemy import func, select, text
 from bench.soak import Ledger, RedisServer, Submitter, TcpProxy, account, install_audit, load_items, wait_until_done
 from service.schema import ApiKey, Sketch, utcnow
 from service.security import hash_api_key, new_api_key
-from stack_fixtures import Stack
+from stack_fixtures import Stack, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -345,7 +345,8 @@ def test_a_missing_or_corrupt_model_stops_the_worker_before_it_takes_a_task(fres
                          headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
     assert resp.status_code == 202
     sketch_id = resp.json()["id"]
-    assert fresh.redis.llen("sketchwatch") >= 1
+    # The web process's sender thread publishes the task just after the 202.
+    wait_for(lambda: fresh.redis.llen("sketchwatch") >= 1, 10, "the scoring task never reached Redis")
     for i, (label, path) in enumerate(_bad_model_dirs(tmp_path, _good_model_dir(stack)).items()):
         name = f"badmodel{i}"
         proc = stack.start_worker(env={"SKETCHWATCH_MODEL_DIR": str(path)}, wait=False, name=name)
