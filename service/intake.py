@@ -17,7 +17,6 @@ import numpy as np
 from flask import current_app
 from pydantic import ValidationError
 from sqlalchemy import Connection, DateTime, Engine, bindparam, insert, select, text
-from sqlalchemy.orm import Session
 
 from models.formats import FormatError, read_image
 from models.normalize import normalize_raw
@@ -220,7 +219,7 @@ class _Conflicted(Exception):
     """A client_ref conflicted on insert, yet no stored row has it."""
 
 
-def existing_ids(conn: Connection | Session, client: str, refs: Iterable[str]) -> dict[str, int]:
+def existing_ids(conn: Connection, client: str, refs: Iterable[str]) -> dict[str, int]:
     """Ids already stored for these client_refs of ``client``."""
     refs = sorted(set(refs))
     found: dict[str, int] = {}
@@ -243,7 +242,7 @@ def _store_once(conn: Connection, client: str, rows: list[tuple[int, dict]]) -> 
         elif ref not in by_ref:
             by_ref[ref] = _row_values(client, row, now)
             values.append(by_ref[ref])
-    anonymous_ids, fresh = insert_rows(conn, client, now, values)
+    anonymous_ids, fresh = _insert_rows(conn, values)
     known: dict[str, int] = {}
     conflicted = [ref for ref in by_ref if ref not in fresh]
     if conflicted:
@@ -266,13 +265,13 @@ def _store_once(conn: Connection, client: str, rows: list[tuple[int, dict]]) -> 
     return accepted
 
 
-def insert_rows(conn: Connection, client: str, now: datetime, values: list[dict]) -> tuple[list[int], dict[str, int]]:
-    """Insert queued rows, skipping (client, client_ref) pairs already stored.
+def _insert_rows(conn: Connection, values: list[dict]) -> tuple[list[int], dict[str, int]]:
+    """Insert queued rows (one client, one timestamp), skipping (client, client_ref) pairs already stored.
 
     Returns the ids of the rows without a client_ref, in order, and client_ref -> id for the new rows with one.
     """
     if conn.dialect.name == "postgresql":
-        return _insert_rows_pg(conn, client, now, values)
+        return _insert_rows_pg(conn, values)
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     anonymous = [v for v in values if v["client_ref"] is None]
@@ -311,10 +310,10 @@ _INSERT_PG = text(
 ).bindparams(bindparam("now", type_=DateTime(timezone=True)))
 
 
-def _insert_rows_pg(conn: Connection, client: str, now: datetime, values: list[dict]) -> tuple[list[int], dict[str, int]]:
+def _insert_rows_pg(conn: Connection, values: list[dict]) -> tuple[list[int], dict[str, int]]:
     params = {
-        "client": client,
-        "now": now,
+        "client": values[0]["client"],
+        "now": values[0]["submitted_at"],
         "refs": [v["client_ref"] for v in values],
         "fmts": [v["source_format"] for v in values],
         "drawings": [None if v["drawing"] is None else json_dumps(v["drawing"]) for v in values],
@@ -327,7 +326,8 @@ def _insert_rows_pg(conn: Connection, client: str, now: datetime, values: list[d
 
 
 def _row_values(client: str, row: dict, now: datetime) -> dict:
-    # Keys are column names (Core INSERT). enqueued_at is stamped here, not after the send: one row version less; a failed send clears it.
+    # Keys are column names (Core INSERT). enqueued_at is stamped here, not after the send: one row version
+    # less per sketch; a failed send clears it.
     return {
         "client": client,
         "client_ref": row["client_ref"],
