@@ -121,6 +121,7 @@ class Tally:
     errors: list[str] = field(default_factory=list)
     first_send: float | None = None
     last_answer: float | None = None
+    trace: list[tuple[float, float, int]] | None = None
 
     def record(self, status: int, body: bytes, sent_wall: float, latency_s: float, lag_s: float, items: int) -> None:
         """Account one answered request."""
@@ -130,6 +131,8 @@ class Tally:
             self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
             self.latencies_ms.append(latency_s * 1000.0)
             self.lags_ms.append(lag_s * 1000.0)
+            if self.trace is not None:
+                self.trace.append((sent_wall, latency_s * 1000.0, status))
             if self.first_send is None or sent_wall < self.first_send:
                 self.first_send = sent_wall
             self.last_answer = now if self.last_answer is None else max(self.last_answer, now)
@@ -291,12 +294,22 @@ def run_batch(
 
 
 def run_single(
-    url: str, api_key: str, frags: list[bytes], rate: float, duration: float, concurrency: int = 16, prefix: str = "s"
+    url: str,
+    api_key: str,
+    frags: list[bytes],
+    rate: float,
+    duration: float,
+    concurrency: int = 16,
+    prefix: str = "s",
+    trace: bool = False,
 ) -> dict:
-    """Open-loop single-sketch submissions at ``rate`` per second for ``duration`` seconds."""
+    """Open-loop single-sketch submissions at ``rate`` per second for ``duration`` seconds.
+
+    With ``trace`` the summary also lists every request as ``[sent epoch s, latency ms, status]``.
+    """
     if rate <= 0:
         raise ValueError("rate must be positive")
-    tally = Tally()
+    tally = Tally(trace=[] if trace else None)
     slots: queue.Queue = queue.Queue()
     n = max(1, round(rate * duration))
     n_frags = len(frags)
@@ -342,6 +355,8 @@ def run_single(
     out.update(mode="single", rate=rate, duration=duration, offered=n, dropped=dropped[0], concurrency=concurrency)
     # Requests actually sent per second of the offered window (dropped ones were never sent).
     out["achieved_send_rate"] = (n - dropped[0]) / max(duration, 1e-9)
+    if trace:
+        out["trace"] = sorted(tally.trace or [])
     return out
 
 
@@ -360,6 +375,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-url", default=None, help="batch mode: Redis broker to read the queue backlog from")
     p.add_argument("--queue", default="sketchwatch", help="Celery queue name (its Redis list key)")
     p.add_argument("--max-backlog", type=int, default=0, help="batch mode: pause while more sketches than this wait")
+    p.add_argument("--trace", action="store_true", help="single mode: list every request's send time and latency")
     return p
 
 
@@ -374,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             args.broker_url, args.max_backlog, args.queue,
         )  # fmt: skip
     else:
-        out = run_single(args.url, args.key, frags, args.rate, args.duration, args.concurrency or 16, prefix)
+        out = run_single(
+            args.url, args.key, frags, args.rate, args.duration, args.concurrency or 16, prefix, args.trace
+        )
     sys.stdout.buffer.write(orjson.dumps(out) + b"\n")
     return 0
 

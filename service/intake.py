@@ -17,6 +17,7 @@ import numpy as np
 from flask import current_app
 from pydantic import ValidationError
 from sqlalchemy import Connection, DateTime, Engine, bindparam, insert, select, text
+from sqlalchemy.exc import DBAPIError
 
 from models.formats import FormatError, read_image
 from models.normalize import normalize_raw
@@ -203,20 +204,25 @@ def store(engine: Engine, client: str, rows: list[tuple[int, dict]]) -> list[tup
     """Insert rows as queued and commit; an already used (client, client_ref) returns the existing id."""
     for attempt in range(1, MAX_STORE_ATTEMPTS + 1):
         try:
-            # A Core transaction, not the ORM session: its bookkeeping was a tenth of a request's CPU.
-            with engine.begin() as conn:
-                return _store_once(conn, client, rows)
-        except _Conflicted:
-            # A concurrent request's row with one of our client_refs was rolled back after we skipped
-            # ours (or SQLite saw it vanish): retrying inserts ours.
-            if attempt == MAX_STORE_ATTEMPTS:
-                raise RuntimeError(f"client_ref conflicts for client {client!r} did not resolve") from None
-            log.info("client_ref race for client %s; retrying (attempt %d)", client, attempt)
+            return _store_committed(engine, client, rows)
+        except DBAPIError as err:
+            # A pooled connection that died since its last use (a database restart): the pool is now
+            # invalidated, and the next attempt connects afresh. Any other database error is the caller's.
+            if not err.connection_invalidated or attempt == MAX_STORE_ATTEMPTS:
+                raise
+            log.warning("database connection lost while storing; retrying (attempt %d)", attempt)
     raise AssertionError("unreachable")
 
 
-class _Conflicted(Exception):
-    """A client_ref conflicted on insert, yet no stored row has it."""
+def _store_committed(engine: Engine, client: str, rows: list[tuple[int, dict]]) -> list[tuple[int, int, bool]]:
+    # A Core connection, not the ORM session: its bookkeeping was a tenth of a request's CPU.
+    if engine.dialect.name == "postgresql":
+        # The batch is one INSERT statement, atomic on its own: in autocommit it commits in its own round
+        # trip instead of needing a second one for COMMIT. Everything after it only reads.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            return _store_once(conn, client, rows)
+    with engine.begin() as conn:
+        return _store_once(conn, client, rows)
 
 
 def existing_ids(conn: Connection, client: str, refs: Iterable[str]) -> dict[str, int]:
@@ -243,12 +249,7 @@ def _store_once(conn: Connection, client: str, rows: list[tuple[int, dict]]) -> 
             by_ref[ref] = _row_values(client, row, now)
             values.append(by_ref[ref])
     anonymous_ids, fresh = _insert_rows(conn, values)
-    known: dict[str, int] = {}
-    conflicted = [ref for ref in by_ref if ref not in fresh]
-    if conflicted:
-        known = existing_ids(conn, client, conflicted)
-        if len(known) != len(conflicted):
-            raise _Conflicted()
+    known = _resolve_conflicts(conn, client, by_ref, fresh)
     accepted: list[tuple[int, int, bool]] = []
     next_anonymous = iter(anonymous_ids)
     first_seen: set[str] = set()
@@ -263,6 +264,31 @@ def _store_once(conn: Connection, client: str, rows: list[tuple[int, dict]]) -> 
             accepted.append((index, fresh[ref], ref in first_seen))
             first_seen.add(ref)
     return accepted
+
+
+def _resolve_conflicts(conn: Connection, client: str, by_ref: dict[str, dict], fresh: dict[str, int]) -> dict[str, int]:
+    """Ids of the stored rows our skipped client_refs conflicted with; ``fresh`` gains any re-inserted row.
+
+    A conflicting row can vanish between our INSERT and the lookup (a concurrent transaction rolled back,
+    or a purge). Only those refs are inserted again, so rows already committed (autocommit) are never
+    inserted twice.
+    """
+    known: dict[str, int] = {}
+    pending = [ref for ref in by_ref if ref not in fresh]
+    for attempt in range(1, MAX_STORE_ATTEMPTS + 1):
+        if not pending:
+            return known
+        known.update(existing_ids(conn, client, pending))
+        pending = [ref for ref in pending if ref not in known]
+        if not pending:
+            return known
+        log.info("client_ref race for client %s; inserting %d again (attempt %d)", client, len(pending), attempt)
+        _, again = _insert_rows(conn, [by_ref[ref] for ref in pending])
+        fresh.update(again)
+        pending = [ref for ref in pending if ref not in again]
+    if pending:
+        raise RuntimeError(f"client_ref conflicts for client {client!r} did not resolve")
+    return known
 
 
 def _insert_rows(conn: Connection, values: list[dict]) -> tuple[list[int], dict[str, int]]:

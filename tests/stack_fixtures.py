@@ -109,6 +109,19 @@ def fresh_pg_database(migrate: bool = True) -> Iterator[str]:
         drop_pg_database(url)
 
 
+def terminate_pg_connections(url: str) -> int:
+    """Close every server connection to the database of ``url`` (as a restart would); how many were closed."""
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    with _pg_admin() as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchall()
+    return sum(1 for (done,) in rows if done)
+
+
 def flush_redis(url: str) -> None:
     """FLUSHDB on the Redis database of ``url``."""
     import redis

@@ -6,8 +6,13 @@ test_api.py and test_pipeline.py; here the sender is a plain function so the tim
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+
+import pytest
 
 from service.api.auth_key import KeyCache
 from service.queue import Enqueuer
@@ -143,3 +148,23 @@ def test_key_cache_forget_drops_everything():
     cache.put("h2", "b")
     cache.forget()
     assert cache.get("h1") is None and cache.get("h2") is None
+
+
+_PRIORITY_PROBE = (
+    "import os; from worker.tasks import lower_priority; lower_priority(7); "
+    "print(os.nice(0)); print(open('/proc/self/autogroup').read().split()[-1] if os.path.exists('/proc/self/autogroup') else '-')"
+)
+
+
+@pytest.mark.parametrize("own_session", [True, False])
+def test_the_worker_lowers_its_priority_and_its_own_sessions_group_only(own_session, tmp_path):
+    env = {**os.environ, "SKETCHWATCH_ENV": "testing", "SKETCHWATCH_DATA_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _PRIORITY_PROBE], env=env, capture_output=True, text=True, timeout=120,
+        start_new_session=own_session, check=True,
+    ).stdout.split()  # fmt: skip
+    assert out[0] == str(os.nice(0) + 7)
+    if out[1] != "-":  # kernels without autogroup scheduling have no group to lower
+        group_nice = open("/proc/self/autogroup").read().split()[-1]
+        # A session leader lowers its own group; anyone else leaves the shared group (pytest's here) alone.
+        assert out[1] == ("7" if own_session else group_nice)

@@ -34,6 +34,8 @@ from worker.app import QUEUE, SCORE_TASK, SWEEP_TASK, celery_app
 log = logging.getLogger(__name__)
 settings = celery_app.conf.sketchwatch_settings
 
+# Per-session CPU priority under autogroup scheduling (sched(7)).
+AUTOGROUP_FILE = "/proc/self/autogroup"
 MAX_ERROR_CHARS = 1000
 # One sweep re-sends at most this many batches; the rest wait for the next run.
 MAX_SWEEP_BATCHES = 200
@@ -95,9 +97,24 @@ def _check_model_before_fork(**_kwargs) -> None:
     log.info("model artifact %s checked", path)
     if settings.worker_nice:
         # Before the pool forks, so every pool process inherits it.
-        os.nice(settings.worker_nice)
+        lower_priority(settings.worker_nice)
     # A pool process that cannot load the model signals this, and the worker stops with EX_CONFIG.
     signal.signal(signal.SIGUSR2, _on_model_failure)
+
+
+def lower_priority(nice: int) -> None:
+    """Score at a lower CPU priority than the intake sharing the machine: the 202 answers wait on no model."""
+    os.nice(nice)
+    # With autogroup scheduling (the default on most distribution kernels) nice only ranks processes of one
+    # session: a worker started in a session of its own (sketchwatch up, systemd, the bench) otherwise gets
+    # as much CPU as the whole web server. Niced there, its group yields too. Never another program's group.
+    if os.getsid(0) != os.getpid():
+        return
+    try:
+        with open(AUTOGROUP_FILE, "w") as fh:
+            fh.write(str(nice))
+    except OSError:  # no autogroup support (containers use cgroup CPU weights instead)
+        log.debug("could not lower the session's autogroup priority", exc_info=True)
 
 
 def _on_model_failure(_signum, _frame) -> None:
