@@ -39,7 +39,7 @@ class LoadOptions:
     batch: int = 100
     concurrency: int = 2
     max_backlog: int = 3000
-    single_concurrency: int = 16
+    single_concurrency: int = 64
     data: Path = DEFAULT_DATA
     drain_timeout: float = 120.0
 

@@ -24,6 +24,8 @@ MIN_PASSWORD_LENGTH = 8
 FIRST_ADMIN = "admin"
 FIRST_API_KEY_NAME = "default"
 SECRET_KEY_FILE = "secret_key"
+# A tmpfs for the web workers' heartbeat files.
+SHM_DIR = "/dev/shm"
 
 
 @click.group()
@@ -247,8 +249,15 @@ def serve_argv(host: str, port: int, workers: int, threads: int, extra: tuple[st
         "--access-logfile", "-",
         # The default control socket is one path per user: concurrent servers would take it from each other.
         "--no-control-socket",
+        *_heartbeat_dir(),
         *extra,
     ]  # fmt: skip
+
+
+def _heartbeat_dir() -> tuple[str, ...]:
+    # gthread touches its heartbeat file on every loop pass; on a disk-backed /tmp that call can stall the
+    # thread that accepts requests (gunicorn's docs advise a tmpfs).
+    return ("--worker-tmp-dir", SHM_DIR) if os.path.isdir(SHM_DIR) else ()
 
 
 def worker_argv(

@@ -5,10 +5,12 @@ No timing assertions: this machine's numbers belong in docs/performance.md, not 
 
 from __future__ import annotations
 
+import http.server
 import json
 import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,47 @@ def test_quick_bench_produces_every_figure(shared_data, tmp_path):
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
     saved = json.loads((tmp_path / "bench-result.json").read_text())
     assert saved["throughput"]["submitted"] == main["submitted"]
+
+
+class _Intake(http.server.BaseHTTPRequestHandler):
+    """202 for every POST; every third answer silently drops the keep-alive connection afterwards."""
+
+    protocol_version = "HTTP/1.1"
+    answered = 0
+    bodies: list[bytes] = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).bodies.append(body)
+        type(self).answered += 1
+        data = b'{"id": 1}'
+        self.send_response(202)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        # Like a server closing an idle keep-alive connection: the client learns it on its next send.
+        self.close_connection = type(self).answered % 3 == 0
+
+    def log_message(self, *args):
+        pass
+
+
+def test_single_mode_sends_every_request_once_and_survives_closed_keepalive_connections():
+    from bench.loadgen import run_single
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Intake)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        frags = [b'{"drawing":[[[0,1],[0,1]]],"format":"simplified","client_ref":"']
+        out = run_single(f"http://127.0.0.1:{server.server_port}", "k", frags, rate=200, duration=0.5,
+                         concurrency=4, prefix="t", trace=True)  # fmt: skip
+    finally:
+        server.shutdown()
+    assert out["offered"] == 100 and out["dropped"] == 0
+    assert out["statuses"] == {"202": 100} and out["accepted"] == 100 and not out["errors"]
+    assert len(out["trace"]) == 100 and all(status == 202 for _, _, status in out["trace"])
+    refs = sorted(json.loads(b)["client_ref"] for b in _Intake.bodies)
+    assert refs == sorted(f"t-{i}" for i in range(100))
+    assert out["intake_ms"]["n"] == 100 and out["intake_ms"]["p99"] is not None
