@@ -1,12 +1,13 @@
 """Rate limits: per API key on the whole JSON API, per login name (and per address) on the login form.
 
-Limits are declared once, at import, on the shared ``service.extensions.limiter``; ``init_app`` binds them
-to an app, so building many apps (tests) never stacks duplicate limits. Counters live in
+The API limit is a :class:`service.api_budget.KeyBudget` checked before every ``/api`` request (leased
+from the shared counter, so most requests cost no storage round trip). The login limit is declared once,
+at import, on the shared Flask-Limiter ``service.extensions.limiter``; ``init_app`` binds it to an app, so
+building many apps (tests) never stacks duplicate limits. Counters live in
 ``settings.ratelimit_storage_uri`` (Redis in production, so every web replica shares them). Keys are
 hashed before they reach the storage: a Redis dump never contains an API key or a username.
-Breaches answer 429 with ``Retry-After`` (JSON under ``/api``, via the API's error handler). The
-``X-RateLimit-*`` headers on every answer are off unless ``ratelimit_headers`` is set: they cost two more
-storage round trips per request, a fifth of a single-sketch submission's CPU.
+Breaches answer 429 with ``Retry-After`` (JSON under ``/api``). ``X-RateLimit-*`` headers on API answers
+are off unless ``ratelimit_headers`` is set.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import hashlib
 import logging
 import time
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
 from flask_limiter.util import get_remote_address
 
+from service.api_budget import KeyBudget
 from service.extensions import limiter
 from service.security import hash_api_key
 
@@ -29,6 +31,8 @@ API_BLUEPRINT = "api"
 # Digest prefix length: 128 bits keep keys distinct while keeping storage keys short.
 DIGEST_CHARS = 32
 _WRAPPED = "_sketchwatch_login_limited"
+BUDGET_EXTENSION = "sketchwatch_api_budget"
+STORAGE_OPTIONS = {"socket_timeout": 1, "socket_connect_timeout": 1}
 
 
 def presented_api_key() -> str | None:
@@ -55,6 +59,32 @@ def login_name() -> str:
     return "ip:" + (get_remote_address() or "unknown")
 
 
+def _check_api_budget():
+    """Before every ``/api`` request: count it against the caller's key (or address); 429 when spent."""
+    budget = current_app.extensions.get(BUDGET_EXTENSION)
+    if budget is None or request.blueprint != API_BLUEPRINT:
+        return None
+    # One budget per endpoint, as Flask-Limiter's blueprint limits had: reads do not eat into submissions.
+    verdict = g.api_budget = budget.take(f"{request.endpoint}/{api_key_or_address()}")
+    if verdict.allowed:
+        return None
+    from service.api.errors import error_response
+
+    return error_response(
+        429, None, f"rate limit exceeded ({budget.item}); retry later", {"Retry-After": str(verdict.retry_after())}
+    )
+
+
+def _budget_headers(response):
+    """``X-RateLimit-*`` on API answers, when ``ratelimit_headers`` is set."""
+    verdict = g.get("api_budget")
+    if verdict is not None and _settings().ratelimit_headers:
+        response.headers["X-RateLimit-Limit"] = str(verdict.limit)
+        response.headers["X-RateLimit-Remaining"] = str(verdict.remaining)
+        response.headers["X-RateLimit-Reset"] = str(int(verdict.reset))
+    return response
+
+
 def _retry_after(response):
     """Give every 429 a ``Retry-After`` (seconds until the breached window resets)."""
     if response.status_code == 429 and "Retry-After" not in response.headers:
@@ -75,18 +105,12 @@ def _settings():
     return app_settings(current_app)
 
 
-def api_limit() -> str:
-    """The per-key limit on every API endpoint (the submit route carries its own, same-valued limit)."""
-    return _settings().ratelimit_submit
-
-
 def login_limit() -> str:
     """The per-username limit on login attempts."""
     return _settings().ratelimit_login
 
 
-# One object each, so re-binding them on another app de-duplicates instead of adding a second limit.
-API_LIMIT = limiter.limit(api_limit, key_func=api_key_or_address)
+# One object, so re-binding it on another app de-duplicates instead of adding a second limit.
 LOGIN_LIMIT = limiter.limit(login_limit, key_func=login_name, methods=["POST"], override_defaults=False)
 
 
@@ -96,7 +120,7 @@ def limiter_config(settings) -> dict:
         "RATELIMIT_ENABLED": settings.ratelimit_enabled,
         "RATELIMIT_STORAGE_URI": settings.ratelimit_storage_uri,
         # A Redis hiccup must not turn every request into a 500: fall back to per-process counters.
-        "RATELIMIT_STORAGE_OPTIONS": {"socket_timeout": 1, "socket_connect_timeout": 1},
+        "RATELIMIT_STORAGE_OPTIONS": STORAGE_OPTIONS,
         "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
         "RATELIMIT_SWALLOW_ERRORS": True,
         "RATELIMIT_HEADERS_ENABLED": settings.ratelimit_headers,
@@ -111,10 +135,16 @@ def init_app(app: Flask, settings) -> None:
     if settings.env == "production" and settings.ratelimit_storage_uri.startswith("memory://"):
         log.warning("rate limits use per-process memory storage; set SKETCHWATCH_RATELIMIT_STORAGE_URI to Redis")
     limiter.init_app(app)  # registers its request hooks once per app
-    app.after_request(_retry_after)
-    api_bp = app.blueprints.get(API_BLUEPRINT)
-    if api_bp is not None:
-        API_LIMIT(api_bp)
+    first = BUDGET_EXTENSION not in app.extensions
+    app.extensions[BUDGET_EXTENSION] = (
+        KeyBudget(settings.ratelimit_submit, settings.ratelimit_storage_uri, KEY_PREFIX, STORAGE_OPTIONS)
+        if settings.ratelimit_enabled
+        else None
+    )
+    if first:  # init_app may run again on the same app (tests): one set of hooks
+        app.before_request(_check_api_budget)
+        app.after_request(_budget_headers)
+        app.after_request(_retry_after)
     view = app.view_functions.get(LOGIN_ENDPOINT)
     if view is not None and not getattr(view, _WRAPPED, False):
         # Wrapping (rather than only registering by name) also enforces the limit if the view
