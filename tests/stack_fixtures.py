@@ -221,27 +221,32 @@ def redis_url() -> Iterator[str]:
     flush_redis(url)
 
 
-@pytest.fixture
-def sqlite_app(tmp_path):
-    """An in-process app (env=testing) on a migrated temp SQLite file and a throwaway file broker."""
+def build_testing_app(database_url: str, data_dir: Path):
+    """An in-process app (env=testing, no rate limits) on ``database_url`` with a throwaway file broker."""
     from service import create_app
-    from service.extensions import db
-    from service.migrate import upgrade
 
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    upgrade(url)
-    app = create_app(
+    return create_app(
         {
             "env": "testing",
-            "data_dir": tmp_path,
-            "database_url": url,
-            "broker_url": f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+            "data_dir": data_dir,
+            "database_url": database_url,
+            "broker_url": f"sqla+sqlite:///{data_dir / 'broker.db'}",
             "ratelimit_enabled": False,
             "log_json": False,
             "log_level": "WARNING",
         }
     )
-    yield app
+
+
+@pytest.fixture
+def sqlite_app(tmp_path):
+    """An in-process app (env=testing) on a migrated temp SQLite file and a throwaway file broker."""
+    from service.extensions import db
+    from service.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    upgrade(url)
+    yield build_testing_app(url, tmp_path)
     db.dispose()
 
 

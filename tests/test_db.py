@@ -8,12 +8,11 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from service import create_app
 from service.db import make_engine
 from service.extensions import db
 from service.schema import ApiKey, Sketch
 from service.security import hash_api_key, new_api_key
-from stack_fixtures import terminate_pg_connections
+from stack_fixtures import build_testing_app, terminate_pg_connections
 
 URL = "/api/v1/sketches"
 SQUARE = [[[0, 255, 255, 0, 0], [0, 0, 255, 255, 0]]]
@@ -49,18 +48,7 @@ def test_a_connection_used_moments_ago_is_not_pinged_so_its_loss_surfaces_as_inv
 
 @pytest.fixture
 def pg_app(pg_url, tmp_path):
-    app = create_app(
-        {
-            "env": "testing",
-            "data_dir": tmp_path,
-            "database_url": pg_url,
-            "broker_url": f"sqla+sqlite:///{tmp_path / 'broker.db'}",
-            "ratelimit_enabled": False,
-            "log_json": False,
-            "log_level": "WARNING",
-        }
-    )
-    yield app
+    yield build_testing_app(pg_url, tmp_path)
     db.dispose()
 
 
