@@ -55,8 +55,9 @@ class KeyBudget:
     def __init__(self, limit: str, storage_uri: str, prefix: str, storage_options: dict | None = None) -> None:
         self.item: RateLimitItem = parse(limit)
         self.prefix = prefix
-        options = storage_options if not storage_uri.startswith("memory://") else {}
-        self.storage = storage_from_string(storage_uri, **(options or {}))
+        # Socket timeouts mean nothing to (and are refused by) the in-process memory storage.
+        options = {} if storage_uri.startswith("memory://") else storage_options or {}
+        self.storage = storage_from_string(storage_uri, **options)
         self.shared = FixedWindowRateLimiter(self.storage)
         # Storage trouble must not turn every request into a 500: fall back to per-process counting.
         self.fallback = FixedWindowRateLimiter(MemoryStorage())

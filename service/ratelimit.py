@@ -18,6 +18,7 @@ import time
 
 from flask import Flask, current_app, g, request
 from flask_limiter.util import get_remote_address
+from werkzeug.exceptions import TooManyRequests
 
 from service.api_budget import KeyBudget
 from service.extensions import limiter
@@ -66,13 +67,10 @@ def _check_api_budget():
         return None
     # One budget per endpoint, as Flask-Limiter's blueprint limits had: reads do not eat into submissions.
     verdict = g.api_budget = budget.take(f"{request.endpoint}/{api_key_or_address()}")
-    if verdict.allowed:
-        return None
-    from service.api.errors import error_response
-
-    return error_response(
-        429, None, f"rate limit exceeded ({budget.item}); retry later", {"Retry-After": str(verdict.retry_after())}
-    )
+    if not verdict.allowed:
+        # The API's HTTP error handler words it and sets Retry-After, as for every other 4xx.
+        raise TooManyRequests(str(budget.item), retry_after=verdict.retry_after())
+    return None
 
 
 def _budget_headers(response):
