@@ -151,8 +151,8 @@ def test_key_cache_forget_drops_everything():
 
 
 _PRIORITY_PROBE = (
-    "import os; from worker.tasks import lower_priority; lower_priority(7); "
-    "print(os.nice(0)); print(open('/proc/self/autogroup').read().split()[-1] if os.path.exists('/proc/self/autogroup') else '-')"
+    "import os; from worker.tasks import autogroup_nice, lower_priority; lower_priority(7); "
+    "print(os.nice(0)); print(autogroup_nice())"
 )
 
 
@@ -164,7 +164,20 @@ def test_the_worker_lowers_its_priority_and_its_own_sessions_group_only(own_sess
         start_new_session=own_session, check=True,
     ).stdout.split()  # fmt: skip
     assert out[0] == str(os.nice(0) + 7)
-    if out[1] != "-":  # kernels without autogroup scheduling have no group to lower
-        group_nice = open("/proc/self/autogroup").read().split()[-1]
+    from worker.tasks import autogroup_nice
+
+    if out[1] != "None":  # kernels or cgroups without autogroup scheduling have no group to lower
         # A session leader lowers its own group; anyone else leaves the shared group (pytest's here) alone.
-        assert out[1] == ("7" if own_session else group_nice)
+        assert out[1] == ("7" if own_session else str(autogroup_nice()))
+
+
+@pytest.mark.parametrize(("content", "expected"), [("/autogroup-85 nice 3\n", 3), ("", None)])
+def test_autogroup_nice_reads_the_group_or_none_outside_autogroup_scheduling(content, expected, tmp_path, monkeypatch):
+    from worker import tasks
+
+    path = tmp_path / "autogroup"
+    path.write_text(content)  # a task in a non-root cgroup reads an empty file
+    monkeypatch.setattr(tasks, "AUTOGROUP_FILE", str(path))
+    assert tasks.autogroup_nice() == expected
+    monkeypatch.setattr(tasks, "AUTOGROUP_FILE", str(tmp_path / "missing"))
+    assert tasks.autogroup_nice() is None

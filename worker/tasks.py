@@ -108,13 +108,24 @@ def lower_priority(nice: int) -> None:
     # With autogroup scheduling (the default on most distribution kernels) nice only ranks processes of one
     # session: a worker started in a session of its own (sketchwatch up, systemd, the bench) otherwise gets
     # as much CPU as the whole web server. Niced there, its group yields too. Never another program's group.
-    if os.getsid(0) != os.getpid():
+    if os.getsid(0) != os.getpid() or autogroup_nice() is None:
         return
     try:
         with open(AUTOGROUP_FILE, "w") as fh:
             fh.write(str(nice))
     except OSError:  # no autogroup support (containers use cgroup CPU weights instead)
         log.debug("could not lower the session's autogroup priority", exc_info=True)
+
+
+def autogroup_nice() -> int | None:
+    """This process's autogroup nice, or None when the kernel does not schedule it by autogroup."""
+    try:
+        with open(AUTOGROUP_FILE) as fh:
+            fields = fh.read().split()
+    except OSError:
+        return None
+    # Empty for a task in a non-root cgroup (containers, CI runners): its cgroup's CPU weight applies instead.
+    return int(fields[-1]) if fields else None
 
 
 def _on_model_failure(_signum, _frame) -> None:
