@@ -40,7 +40,7 @@ class Settings(BaseSettings):
 
     worker_batch_size: int = 256
     # Each web process sends at most one scoring task per this interval, gathering ids meanwhile (0: one per request).
-    enqueue_linger_ms: float = Field(default=100.0, ge=0, le=10_000)
+    enqueue_linger_ms: float = Field(default=250.0, ge=0, le=10_000)
     # A key revoked through another process stops working within this long (0 looks it up every request).
     api_key_cache_s: float = Field(default=5.0, ge=0, le=300)
     tf_threads: int = 1
