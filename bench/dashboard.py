@@ -207,7 +207,7 @@ class PlainHttpSession(requests.Session):
     """A session that returns Secure cookies over plain HTTP.
 
     Production marks the session cookie Secure (TLS ends at a proxy); the bench talks HTTP straight
-    to gunicorn, where the proxy would be, so it must send the cookie back anyway.
+    to the web server, where the proxy would be, so it must send the cookie back anyway.
     """
 
     def request(self, *args, **kwargs):

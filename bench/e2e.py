@@ -146,7 +146,7 @@ def sustained(series: list[tuple[int, int]], trim: int = 2) -> dict:
 def warm_up(stack: Stack, opts: LoadOptions, timeout: float = 180.0) -> float:
     """Send small batches until every web and worker process has served and scored; returns seconds taken.
 
-    Several connections at once, so every gunicorn process gets requests: each loads the numba
+    Several connections at once, so every web process gets requests: each loads the numba
     kernels of raw-stroke normalisation on its first raw drawing, which must not land in a measurement.
     """
     start = time.monotonic()
@@ -305,7 +305,7 @@ class _Profiler:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         roles = self.stack.process_roles()
-        # Pool children do the scoring; gunicorn's workers (not the master) serve requests.
+        # Pool children do the scoring; granian's workers (not its main process) serve requests.
         targets = [("worker", p) for p in roles["worker"][1:]] + [("web", p) for p in roles["web"][1:2]]
         for role, proc in targets:
             path = self.out_dir / f"{role}-{proc.pid}.txt"

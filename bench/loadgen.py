@@ -34,8 +34,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "quickd
 SUBMIT_PATH = "/api/v1/sketches"
 REQUEST_TIMEOUT_S = 30.0
 BACKLOG_POLL_S = 0.2
-# Connections the single mode opens before its first send, and how long an idle one is trusted: gunicorn
-# closes keep-alive connections idle for 2 s.
+# Connections the single mode opens before its first send, and how long an idle one is trusted: a server
+# may close keep-alive connections idle for 2 s (gunicorn's default).
 WARM_CONNECTIONS = 16
 KEEPALIVE_TRUST_S = 1.5
 
@@ -379,7 +379,7 @@ class _AsyncPool:
             "Content-Type: application/json\r\nContent-Length: "
         ).encode()
         self.slots = asyncio.Semaphore(max(size, 1))
-        # Used in turn (FIFO), so every connection stays warm: one left idle past gunicorn's keep-alive
+        # Used in turn (FIFO), so every connection stays warm: one left idle past the server's keep-alive
         # timeout is closed by the server, and opening new ones in a burst adds accept() to the answers.
         self.idle: collections.deque[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]] = collections.deque()
 

@@ -1,6 +1,6 @@
 """The long soak: N sketches submitted while M faults are injected; every accepted sketch must be accounted for.
 
-The stack is the production one (gunicorn web, Celery prefork worker, Celery beat running the sweeper)
+The stack is the production one (granian web, Celery prefork worker, Celery beat running the sweeper)
 on a fresh PostgreSQL database, but with two things in between that this script controls:
 
 * a private ``redis-server`` on its own port (the shared Redis on 6379 is never touched), which is
@@ -792,7 +792,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=None,
                    help="seconds over which to spread the submissions (default: the expected length of the fault schedule)")
     p.add_argument("--workers", type=int, default=1, help="Celery prefork processes")
-    p.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
+    p.add_argument("--web-workers", type=int, default=2, help="web server processes")
     p.add_argument("--redis-down", type=float, default=10.0, help="seconds Redis stays down per fault")
     p.add_argument("--pg-down", type=float, default=5.0, help="seconds PostgreSQL stays unreachable per fault")
     p.add_argument("--gap", type=float, default=4.0, help="minimum seconds between faults")

@@ -1,4 +1,4 @@
-"""The production stack for the benchmark: gunicorn web + Celery prefork workers on PostgreSQL and Redis.
+"""The production stack for the benchmark: granian web + Celery prefork workers on PostgreSQL and Redis.
 
 Every run gets a fresh PostgreSQL database (created, migrated, dropped) and a dedicated Redis DB index
 (flushed before and after), so a bench never touches real data and leaves nothing behind. Processes
@@ -237,7 +237,7 @@ class Stack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def start_web(self) -> None:
-        """Start gunicorn with the production command line (``sketchwatch serve``) and wait for /readyz."""
+        """Start granian with the production command line (``sketchwatch serve``) and wait for /readyz."""
         from service.cli import serve_argv
 
         self.port = free_port()
@@ -274,7 +274,7 @@ class Stack:
                 raise StackError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
 
     def process_roles(self) -> dict[str, list[psutil.Process]]:
-        """The live processes of each role: 'web' (gunicorn master + workers), 'worker' (Celery main + children)."""
+        """The live processes of each role: 'web' (granian main + workers), 'worker' (Celery main + children)."""
         out: dict[str, list[psutil.Process]] = {"web": [], "worker": []}
         for role, proc in (("web", self.web), ("worker", self.worker)):
             if proc is None or proc.poll() is not None:

@@ -1,7 +1,7 @@
 """The ``sketchwatch`` command line (click).
 
 Importing this module stays cheap (no TensorFlow, no Flask app): commands import what they need.
-``serve`` and ``worker`` exec the real programs (gunicorn, celery) so signals reach them directly;
+``serve`` and ``worker`` exec the real programs (granian, celery) so signals reach them directly;
 ``up`` supervises both for the zero-setup mode.
 """
 
@@ -24,8 +24,8 @@ MIN_PASSWORD_LENGTH = 8
 FIRST_ADMIN = "admin"
 FIRST_API_KEY_NAME = "default"
 SECRET_KEY_FILE = "secret_key"
-# A tmpfs for the web workers' heartbeat files.
-SHM_DIR = "/dev/shm"
+WSGI_TARGET = "service.wsgi:app"
+GRACEFUL_TIMEOUT_S = 30
 
 
 @click.group()
@@ -237,27 +237,23 @@ def apikeys_list() -> None:
 
 
 def serve_argv(host: str, port: int, workers: int, threads: int, extra: tuple[str, ...] = ()) -> list[str]:
-    """The gunicorn command line of the web server."""
+    """The granian command line of the web server (WSGI, HTTP/1.1)."""
     return [
-        sys.executable, "-m", "gunicorn", "service.wsgi:app",
-        "--bind", f"{host}:{port}",
+        sys.executable, "-m", "granian", "--interface", "wsgi",
+        "--host", host,
+        "--port", str(port),
         "--workers", str(workers),
-        "--worker-class", "gthread",
-        "--threads", str(threads),
-        "--timeout", "60",
-        "--graceful-timeout", "30",
-        "--access-logfile", "-",
-        # The default control socket is one path per user: concurrent servers would take it from each other.
-        "--no-control-socket",
-        *_heartbeat_dir(),
+        # Request threads per process; connections and HTTP parsing live in granian's Rust runtime.
+        "--blocking-threads", str(threads),
+        "--http", "1",
+        "--no-ws",
+        "--access-log",
+        "--respawn-failed-workers",
+        # On SIGTERM in-flight requests finish; a process still busy after this long is killed.
+        "--workers-kill-timeout", str(GRACEFUL_TIMEOUT_S),
         *extra,
+        WSGI_TARGET,
     ]  # fmt: skip
-
-
-def _heartbeat_dir() -> tuple[str, ...]:
-    # gthread touches its heartbeat file on every loop pass; on a disk-backed /tmp that call can stall the
-    # thread that accepts requests (gunicorn's docs advise a tmpfs).
-    return ("--worker-tmp-dir", SHM_DIR) if os.path.isdir(SHM_DIR) else ()
 
 
 def worker_argv(
@@ -282,13 +278,13 @@ def worker_argv(
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="gunicorn processes.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Web server processes.")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="Threads per process.")
-@click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
-def serve(host: str, port: int, workers: int, threads: int, gunicorn_args: tuple[str, ...]) -> None:
-    """Run the web service with gunicorn (extra arguments go to gunicorn)."""
-    _settings()  # fail here, readably, rather than in every gunicorn worker
-    argv = serve_argv(host, port, workers, threads, gunicorn_args)
+@click.argument("granian_args", nargs=-1, type=click.UNPROCESSED)
+def serve(host: str, port: int, workers: int, threads: int, granian_args: tuple[str, ...]) -> None:
+    """Run the web service with granian (extra arguments go to granian)."""
+    _settings()  # fail here, readably, rather than in every server process
+    argv = serve_argv(host, port, workers, threads, granian_args)
     os.execv(argv[0], argv)
 
 

@@ -1,7 +1,7 @@
 """Process supervision for ``sketchwatch up``: start children, stop them all together, leave no orphans.
 
 Each child runs in its own session (process group), so a terminal's Ctrl-C reaches only the
-supervisor, which then stops every child in order: SIGTERM to the child (gunicorn and Celery shut
+supervisor, which then stops every child in order: SIGTERM to the child (granian and Celery shut
 down gracefully), SIGKILL to its whole group after a grace period. On Linux a child also gets SIGTERM
 if the supervisor itself dies (``PR_SET_PDEATHSIG``).
 """
@@ -128,7 +128,7 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop within %.0f s; killing it", child.name, self.grace_s)
         for child in self.children:
-            # The group also holds grandchildren (gunicorn and Celery pool processes) a hard kill would orphan.
+            # The group also holds grandchildren (granian workers and Celery pool processes) a hard kill would orphan.
             _signal_quietly(child.proc.pid, signal.SIGKILL, group=True)
             try:
                 child.proc.wait(timeout=5)

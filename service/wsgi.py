@@ -1,4 +1,4 @@
-"""WSGI entry point for gunicorn (``gunicorn service.wsgi:app``); settings come from SKETCHWATCH_* variables."""
+"""WSGI entry point for the web server (``sketchwatch serve`` runs granian on ``service.wsgi:app``); settings come from SKETCHWATCH_* variables."""
 
 import gc
 

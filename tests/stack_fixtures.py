@@ -8,7 +8,7 @@ Redis on 127.0.0.1:6379. Override with SKETCHWATCH_TEST_PG_ADMIN_URL / SKETCHWAT
 - ``sqlite_app`` / ``client``: an in-process app (env=testing) on a migrated temp SQLite file.
 - ``stack`` (module): a factory of live stacks, ``stack(backend="postgres" | "sqlite", **options)``:
 
-      s = stack()                        # gunicorn web + Celery worker with embedded beat, on pg + Redis
+      s = stack()                        # granian web + Celery worker with embedded beat, on pg + Redis
       s.submit([{"drawing": ...}])       # POST /api/v1/sketches with s.api_key -> JSON answer
       s.wait_for(ids, {"scored"}, 60)    # polls the database; returns {id: row}
       s.kill_worker()                    # SIGKILL to the worker's process group (main + pool processes)
@@ -290,7 +290,7 @@ def stack(tmp_path_factory) -> Iterator:
 
 
 class Stack:
-    """A gunicorn web process and a Celery worker (with embedded beat) on a real database and broker."""
+    """A web server (granian) and a Celery worker (with embedded beat) on a real database and broker."""
 
     def __init__(
         self,
@@ -422,7 +422,7 @@ class Stack:
     # ------------------------------------------------------------------ web
 
     def start_web(self) -> None:
-        """Start ``sketchwatch serve`` (gunicorn) on a free port and wait for /readyz."""
+        """Start ``sketchwatch serve`` (granian) on a free port and wait for /readyz."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),

@@ -114,7 +114,7 @@ def test_cli_help_lists_the_options():
 
 @pytest.mark.slow
 def test_quick_bench_produces_every_figure(shared_data, tmp_path):
-    """The whole bench on a tiny load against a real gunicorn + Celery + PostgreSQL + Redis stack."""
+    """The whole bench on a tiny load against a real granian + Celery + PostgreSQL + Redis stack."""
     cmd = [sys.executable, "-m", "bench.cli", "--quick", "--json", "--plot", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-4000:]

@@ -211,7 +211,7 @@ def test_up_refuses_to_start_without_a_model(env, monkeypatch, tmp_path):
     assert not (tmp_path / "cli.db").exists()
 
 
-def test_serve_runs_gunicorn_until_sigterm(migrated, env, tmp_path):
+def test_serve_runs_granian_until_sigterm(migrated, env, tmp_path):
     port = free_port()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("SKETCHWATCH_")}
     child_env.update(env, PYTHONPATH=str(ROOT))
@@ -231,12 +231,10 @@ def test_serve_runs_gunicorn_until_sigterm(migrated, env, tmp_path):
                 pass
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.2)
-        # exec: the CLI process itself became the gunicorn master.
+        # exec: the CLI process itself became granian's main process, serving the WSGI app.
         argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode().split("\0")
-        assert "gunicorn" in argv
-        # Heartbeats go to a tmpfs where there is one (a disk-backed /tmp can stall the accepting thread).
-        if Path("/dev/shm").is_dir():
-            assert argv[argv.index("--worker-tmp-dir") + 1] == "/dev/shm"
+        assert "granian" in argv and argv[argv.index("--interface") + 1] == "wsgi"
+        assert "service.wsgi:app" in argv
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
     finally:

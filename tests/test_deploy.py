@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -39,23 +38,11 @@ def _sketchwatch_command_exists(args: list[str]) -> bool:
     return not isinstance(cmd, click.Group)
 
 
-def _module_defines(module: str, attr: str) -> bool:
-    spec = importlib.util.find_spec(module)
-    assert spec is not None and spec.origin, f"no module {module}"
-    tree = ast.parse(Path(spec.origin).read_text())
-    names = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
-    return attr in names
-
-
 def assert_entry_point(argv: list[str]) -> None:
     """Fail unless ``argv`` starts a program and target that exist in this project."""
     prog = argv[0]
     if prog == "sketchwatch":
         assert _sketchwatch_command_exists(argv[1:]), f"'sketchwatch {' '.join(argv[1:])}' is not a command"
-    elif prog == "gunicorn":
-        target = next(a for a in argv[1:] if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", a))
-        module, attr = target.split(":")
-        assert _module_defines(module, attr), f"{target} does not exist"
     elif prog == "celery":
         app_path = argv[argv.index("-A") + 1]
         mod = importlib.import_module(app_path)

@@ -1,6 +1,6 @@
 """Fault injection on a live stack, and the operational surface (JSON logs, /metrics, graceful shutdown).
 
-The promise: an accepted sketch is never lost. One stack for the module: gunicorn web + Celery worker
+The promise: an accepted sketch is never lost. One stack for the module: granian web + Celery worker
 (with the sweeper) on a fresh PostgreSQL database that the stack's processes reach through a TCP proxy
 we can cut, and a private redis-server (never the shared one on 6379) we can stop. While a client
 submits (re-sending a batch with the same client_refs after a 503 or a dropped connection, as the API

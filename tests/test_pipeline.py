@@ -1,4 +1,4 @@
-"""The scoring pipeline end to end: real gunicorn, real Celery worker processes, PostgreSQL and Redis.
+"""The scoring pipeline end to end: real granian web server, real Celery worker processes, PostgreSQL and Redis.
 
 One stack serves the module: pg + a private redis-server (so one test can stop the broker without
 touching the shared one on 6379). A trigger in the stack's database records every write that marks a
@@ -536,7 +536,7 @@ def test_up_zero_setup_round_trip(tmp_path, drawings):
         engine.dispose()
 
         descendants = psutil.Process(proc.pid).children(recursive=True)
-        assert len(descendants) >= 3  # gunicorn master + worker, celery main + pool (+ beat)
+        assert len(descendants) >= 3  # granian main + worker, celery main + pool (+ beat)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0, (tmp_path / "up.stderr").read_text()[-3000:]
         gone, alive = psutil.wait_procs(descendants, timeout=10)

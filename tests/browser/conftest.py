@@ -1,6 +1,6 @@
 """Browser-test fixtures: Debian's headless Chromium driving a live stack.
 
-The stack is the shared ``stack`` fixture (tests/stack_fixtures.py): a gunicorn web process and a
+The stack is the shared ``stack`` fixture (tests/stack_fixtures.py): a granian web server and a
 Celery worker on PostgreSQL + Redis, scoring with ``$SKETCHWATCH_MODEL_DIR`` or the shipped model.
 It is seeded once per module with real Quick Draw drawings submitted through the API.
 """
