@@ -175,6 +175,7 @@ def throughput(stack: Stack, duration: float, opts: LoadOptions, profile_dir: Pa
         "--prefix", f"tp-{after}", "--broker-url", stack.broker_url, "--max-backlog", str(opts.max_backlog),
     ]  # fmt: skip
     profiler = _Profiler(stack, profile_dir, min(duration, 20.0)) if profile_dir else None
+    settle_s = stack.settle()
     counters = stack.counters()
     with ResourceSampler(stack) as res:
         if profiler:
@@ -206,6 +207,7 @@ def throughput(stack: Stack, duration: float, opts: LoadOptions, profile_dir: Pa
         "web_rss_mb": res.per_process("web"),
         "resources": res.report(rows["scored"]),
         "per_sketch": per_sketch(counters, stack.counters(), rows["scored"]),
+        "settle_s": settle_s,
     }
     if profiler:
         out["profiles"] = profiler.files
@@ -219,6 +221,7 @@ def latency_step(stack: Stack, rate: float, duration: float, opts: LoadOptions) 
         "single", "--url", stack.url, "--key", stack.api_key, "--data", str(opts.data), "--rate", str(rate),
         "--duration", str(duration), "--concurrency", str(opts.single_concurrency), "--prefix", f"lat-{after}",
     ]  # fmt: skip
+    settle_s = stack.settle()
     counters = stack.counters()
     with ResourceSampler(stack) as res:
         lg = run_loadgen(args, timeout=duration + LOADGEN_GRACE_S, sampler=res)
@@ -256,6 +259,7 @@ def latency_step(stack: Stack, rate: float, duration: float, opts: LoadOptions) 
         "web_rss_mb": res.per_process("web"),
         "resources": res.report(rows["scored"]),
         "per_sketch": per_sketch(counters, stack.counters(), rows["scored"]),
+        "settle_s": settle_s,
     }
 
 

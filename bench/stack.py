@@ -327,6 +327,26 @@ class Stack:
             conn.execute(text("ANALYZE"))
             conn.commit()
 
+    def settle(self) -> float | None:
+        """Write the previous phase's dirty data to disk (CHECKPOINT); seconds taken, None when not allowed.
+
+        A 60-s burst of batches leaves hundreds of MB of table and index pages for the kernel to write
+        back. While that write-back runs, every WAL fsync queues behind it, and a steady 200/s measured
+        right after the burst pays for the burst (intake p99 75-207 ms instead of 17-25 ms, see
+        docs/performance.md). A CHECKPOINT flushes PostgreSQL's buffers and fsyncs its files, so each
+        phase measures its own load.
+        """
+        import psycopg
+
+        started = time.monotonic()
+        try:
+            with _admin_connect() as conn:
+                conn.execute("CHECKPOINT")
+        except psycopg.Error as exc:  # CHECKPOINT needs a superuser or pg_checkpoint
+            log.warning("could not run CHECKPOINT between phases (%s): phases may pay for earlier ones", exc)
+            return None
+        return time.monotonic() - started
+
     def max_id(self) -> int:
         """The highest sketch id so far (0 when empty): phases select their rows as id > watermark."""
         from sqlalchemy import text

@@ -136,6 +136,9 @@ def test_quick_bench_produces_every_figure(shared_data, tmp_path):
     assert [s["rate"] for s in steps] == [10.0, 20.0]
     for step in steps:
         assert step["dropped"] == 0 and step["accepted"] == step["offered"] and step["scored"] == step["accepted"]
+    # Each phase began with the previous one's writes on disk (a CHECKPOINT, allowed for the test's user).
+    for phase in [main, *steps]:
+        assert isinstance(phase["settle_s"], float) and phase["settle_s"] >= 0
 
     # Every dashboard page and stats endpoint answered 200 and was timed.
     assert set(result["dashboard_ms"]) == {name for name, _ in ENDPOINTS}
