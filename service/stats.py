@@ -583,10 +583,6 @@ def f1_optimal_threshold(session: Session, flt: StatsFilter | None = None) -> F1
     flt = flt or StatsFilter()
     where = [_REVIEWED, Sketch.score.is_not(None), *flt.residual()]
     is_pos = case((Sketch.verdict == VERDICT_ANOMALY, 1), else_=0)
-    totals = session.execute(select(func.count(), func.coalesce(func.sum(is_pos), 0)).where(*where)).one()
-    reviewed, positives = int(totals[0]), int(totals[1])
-    if positives == 0:
-        return None
     per_score = (
         select(Sketch.score.label("score"), func.sum(is_pos).label("pos"), func.count().label("n"))
         .where(*where)
@@ -595,19 +591,25 @@ def f1_optimal_threshold(session: Session, flt: StatsFilter | None = None) -> F1
     )
     order = per_score.c.score.desc()
     running = dict(order_by=order, rows=(None, 0))
+    # The totals ride along as whole-set window sums: the reviewed rows are read once, not twice.
     cum = select(
         per_score.c.score,
         func.sum(per_score.c.pos).over(**running).label("tp"),
         func.sum(per_score.c.n).over(**running).label("k"),
         func.lead(per_score.c.score).over(order_by=order).label("next_score"),
+        func.sum(per_score.c.pos).over().label("positives"),
+        func.sum(per_score.c.n).over().label("reviewed"),
     ).subquery()
-    f1 = (2.0 * cast(cum.c.tp, Float)) / (cast(cum.c.k, Float) + positives)
+    f1 = (2.0 * cast(cum.c.tp, Float)) / (cast(cum.c.k, Float) + cum.c.positives)
     row = session.execute(
-        select(cum.c.score, cum.c.next_score, cum.c.tp, cum.c.k, f1.label("f1"))
+        select(cum.c.score, cum.c.next_score, cum.c.tp, cum.c.k, cum.c.positives, cum.c.reviewed, f1.label("f1"))
         .order_by(f1.desc(), cum.c.score.desc())
         .limit(1)
-    ).one()
+    ).first()
+    if row is None or not row.positives:
+        return None
     score, next_score, tp, k = float(row[0]), row[1], int(row[2]), int(row[3])
+    positives, reviewed = int(row.positives), int(row.reviewed)
     if next_score is None:
         threshold = math.nextafter(score, -math.inf)
     else:
