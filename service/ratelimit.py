@@ -63,7 +63,7 @@ def login_name() -> str:
 def _check_api_budget():
     """Before every ``/api`` request: count it against the caller's key (or address); 429 when spent."""
     budget = current_app.extensions.get(BUDGET_EXTENSION)
-    if budget is None or request.blueprint != API_BLUEPRINT:
+    if budget is None:
         return None
     # One budget per endpoint, as Flask-Limiter's blueprint limits had: reads do not eat into submissions.
     verdict = g.api_budget = budget.take(f"{request.endpoint}/{api_key_or_address()}")
@@ -147,8 +147,9 @@ def init_app(app: Flask, settings) -> None:
         else None
     )
     if first:  # init_app may run again on the same app (tests): one set of hooks
-        app.before_request(_check_api_budget)
-        app.after_request(_budget_headers)
+        # Hooks of the API blueprint only: other requests never pay for the budget lookup.
+        app.before_request_funcs.setdefault(API_BLUEPRINT, []).append(_check_api_budget)
+        app.after_request_funcs.setdefault(API_BLUEPRINT, []).append(_budget_headers)
         app.after_request(_retry_after)
     view = app.view_functions.get(LOGIN_ENDPOINT)
     if view is not None and not getattr(view, _WRAPPED, False):
