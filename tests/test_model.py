@@ -24,7 +24,8 @@ from models.cli import evaluate_command, train_command
 from models.datasets import fingerprint, load_file, split_categories, split_holdout
 from models.formats import read_ndjson
 from models.raster import rasterize_batch
-from models.scoring import Scorer, configure_tensorflow, score_batch
+from models import scoring
+from models.scoring import Scorer, configure_tensorflow, pad_rows, score_batch
 from models.train import AugmentConfig, augment_batch, train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +164,31 @@ def test_score_batch_shapes_and_blank_is_anomalous(tiny_model, cats):
     assert np.all((scores >= 0) & (scores <= 1))
     # An empty drawing has nothing to reconstruct; it must not look like a perfect cat.
     assert scores[-1] > 0.5
+
+
+def test_any_batch_size_reaches_tensorflow_as_a_few_fixed_shapes(tiny_model, cats, monkeypatch):
+    model, _ = tiny_model
+    alone = np.array([score_batch(model, cats[i : i + 1])[0][0] for i in range(5)])
+    real_fn = scoring._inference_fn(model)
+    seen: list[int] = []
+
+    def recording(x):
+        seen.append(int(x.shape[0]))
+        return real_fn(x)
+
+    monkeypatch.setattr(scoring, "_inference_fn", lambda m: recording)
+    for n in (1, 5, 17, 37):
+        scores, recon = score_batch(model, cats[:n], batch_size=32)
+        assert scores.shape == (n,) and recon.shape == (n, 28, 28)
+        # The blank rows that fill the batch up must not change the real rows' scores.
+        np.testing.assert_allclose(scores[:5], alone[: min(n, 5)], rtol=1e-5)
+    assert seen == [16, 16, 32, 32, 16]
+
+
+def test_pad_rows_appends_blank_rows_only_when_needed():
+    batch = np.ones((3, 2), np.float32)
+    assert pad_rows(batch, 4).shape == (4, 2) and not pad_rows(batch, 4)[3:].any()
+    assert pad_rows(batch, 3) is batch
 
 
 def _meta(scores: np.ndarray) -> dict:
