@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # A key revoked through another process stops working within this long (0 looks it up every request).
     api_key_cache_s: float = Field(default=5.0, ge=0, le=300)
     tf_threads: int = 1
+    # A pool process whose peak resident size passed this is replaced after its task (0: never); a leak
+    # in TensorFlow or a native library then costs one model load, not the host's memory.
+    worker_max_memory_mb: int = Field(default=1024, ge=0)
     # Scoring is background work: at a lower CPU priority it never delays an intake answer on a shared host.
     worker_nice: int = Field(default=10, ge=0, le=19)
     task_max_retries: int = 5

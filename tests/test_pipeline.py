@@ -158,10 +158,10 @@ def assert_scored_exactly_once(live, ids: list[int], timeout: float) -> dict:
     return rows
 
 
-def pool_pids(live) -> list[int]:
+def pool_pids(live, name: str = "worker") -> list[int]:
     """Pids of the worker's pool processes, from their 'scoring process ready' log lines."""
     pids = []
-    for line in live.log("worker").splitlines():
+    for line in live.log(name).splitlines():
         if READY_LINE in line and line.startswith("{"):
             pids.append(json.loads(line)["pid"])
     return pids
@@ -368,6 +368,24 @@ def test_pool_process_killed_mid_batch_its_task_is_redelivered(live, broker, dra
     # reject_on_worker_lost: the main process requeues the lost task and forks a new pool process.
     assert_scored_exactly_once(live, ids, timeout=240)
     assert "WorkerLostError" in live.log("worker")
+
+
+def test_a_pool_process_over_its_memory_cap_is_replaced_and_nothing_is_lost(live, drawings):
+    live.stop_process("worker")
+    try:
+        # With TensorFlow loaded every pool process is far above 1 MB: each task ends in a replacement.
+        live.start_worker(env={"SKETCHWATCH_WORKER_MAX_MEMORY_MB": "1"}, name="capped")
+        first = submit_all(live, with_refs(drawings[:20], "memcap-a"))
+        assert_scored_exactly_once(live, first, timeout=90)
+        wait_for(lambda: len(pool_pids(live, "capped")) >= 2, 120, "a replacement pool process with its model")
+        second = submit_all(live, with_refs(drawings[20:40], "memcap-b"))
+        assert_scored_exactly_once(live, second, timeout=90)
+        assert re.search(r'"level": "WARNING".*pool process \d+ is replaced: peak RSS \d+ MB is over the 1 MB cap',
+                         live.log("capped"))
+        assert len(set(pool_pids(live, "capped"))) >= 2
+    finally:
+        live.stop_process("capped")
+        live.start_worker()
 
 
 def _damaged_model(tmp_path: Path, kind: str) -> Path:

@@ -51,6 +51,8 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": False,
         # Pool processes load TensorFlow and the model at start; Celery's 4 s default kills them first.
         "worker_proc_alive_timeout": 300.0,
+        # KiB, checked by the pool process after each task against its peak RSS.
+        "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None,
         "beat_schedule": {
             "sweep-queued": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_s},
         },

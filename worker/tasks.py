@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import random
+import resource
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
-from celery.signals import setup_logging, worker_init, worker_process_init
+from celery.signals import setup_logging, task_postrun, worker_init, worker_process_init
 from sqlalchemy import BigInteger, any_, bindparam, case, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -148,6 +149,21 @@ def _init_pool_process(**_kwargs) -> None:
     # TensorFlow and the model leave ~480k long-lived objects (a full collection: ~270 ms); stop walking them.
     gc.freeze()
     log.info("scoring process ready", extra={"pid": os.getpid(), "model_version": scorer.version})
+
+
+@task_postrun.connect
+def _report_memory_cap(**_kwargs) -> None:
+    """Log that this pool process passed its memory cap: the pool replaces it after this task."""
+    cap_mb = settings.worker_max_memory_mb
+    if not cap_mb or _main_pid is None or os.getpid() == _main_pid:  # a solo pool is never replaced
+        return
+    # Billiard compares the same figure (peak RSS in KiB) after each task, but logs nothing we keep.
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if peak_mb > cap_mb:
+        log.warning(
+            "pool process %d is replaced: peak RSS %.0f MB is over the %d MB cap", os.getpid(), peak_mb, cap_mb,
+            extra={"pid": os.getpid(), "peak_rss_mb": round(peak_mb), "cap_mb": cap_mb},
+        )
 
 
 def _stop_worker() -> None:
