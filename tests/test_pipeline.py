@@ -383,6 +383,9 @@ def test_a_pool_process_over_its_memory_cap_is_replaced_and_nothing_is_lost(live
         assert re.search(r'"level": "WARNING".*pool process \d+ is replaced: peak RSS \d+ MB is over the 1 MB cap',
                          live.log("capped"))
         assert len(set(pool_pids(live, "capped"))) >= 2
+        # An operator is told at start that this cap cannot work.
+        assert "too close to the 1 MB cap; raise SKETCHWATCH_WORKER_MAX_MEMORY_MB" in live.log("capped")
+        assert "too close to" not in live.log("worker")
     finally:
         live.stop_process("capped")
         live.start_worker()

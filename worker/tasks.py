@@ -40,6 +40,8 @@ AUTOGROUP_FILE = "/proc/self/autogroup"
 MAX_ERROR_CHARS = 1000
 # One sweep re-sends at most this many batches; the rest wait for the next run.
 MAX_SWEEP_BATCHES = 200
+# A pool process that starts above this share of its memory cap is reported: the cap leaves no room for work.
+CAP_HEADROOM = 0.9
 _main_pid: int | None = None
 
 _T = Sketch.__table__
@@ -148,7 +150,21 @@ def _init_pool_process(**_kwargs) -> None:
         return
     # TensorFlow and the model leave ~480k long-lived objects (a full collection: ~270 ms); stop walking them.
     gc.freeze()
-    log.info("scoring process ready", extra={"pid": os.getpid(), "model_version": scorer.version})
+    peak_mb = _peak_rss_mb()
+    log.info("scoring process ready", extra={"pid": os.getpid(), "model_version": scorer.version, "rss_mb": round(peak_mb)})
+    cap_mb = settings.worker_max_memory_mb
+    if cap_mb and peak_mb > CAP_HEADROOM * cap_mb:
+        # Over the cap, the pool would replace this process after every task and reload the model each time.
+        log.error(
+            "pool process %d needs %.0f MB with its model, too close to the %d MB cap; raise "
+            "SKETCHWATCH_WORKER_MAX_MEMORY_MB", os.getpid(), peak_mb, cap_mb,
+            extra={"pid": os.getpid(), "rss_mb": round(peak_mb), "cap_mb": cap_mb},
+        )
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident size in MB (the figure Celery's memory cap compares)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @task_postrun.connect
@@ -157,8 +173,8 @@ def _report_memory_cap(**_kwargs) -> None:
     cap_mb = settings.worker_max_memory_mb
     if not cap_mb or _main_pid is None or os.getpid() == _main_pid:  # a solo pool is never replaced
         return
-    # Billiard compares the same figure (peak RSS in KiB) after each task, but logs nothing we keep.
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Billiard compares the same figure after each task, but logs nothing we keep.
+    peak_mb = _peak_rss_mb()
     if peak_mb > cap_mb:
         log.warning(
             "pool process %d is replaced: peak RSS %.0f MB is over the %d MB cap", os.getpid(), peak_mb, cap_mb,
