@@ -12,6 +12,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from models import scoring
 from models.artifact import (
     ArtifactError,
     load_artifact,
@@ -24,7 +25,6 @@ from models.cli import evaluate_command, train_command
 from models.datasets import fingerprint, load_file, split_categories, split_holdout
 from models.formats import read_ndjson
 from models.raster import rasterize_batch
-from models import scoring
 from models.scoring import Scorer, configure_tensorflow, pad_rows, score_batch
 from models.train import AugmentConfig, augment_batch, train_model
 

@@ -151,7 +151,9 @@ def _init_pool_process(**_kwargs) -> None:
     # TensorFlow and the model leave ~480k long-lived objects (a full collection: ~270 ms); stop walking them.
     gc.freeze()
     peak_mb = _peak_rss_mb()
-    log.info("scoring process ready", extra={"pid": os.getpid(), "model_version": scorer.version, "rss_mb": round(peak_mb)})
+    log.info(
+        "scoring process ready", extra={"pid": os.getpid(), "model_version": scorer.version, "rss_mb": round(peak_mb)}
+    )
     cap_mb = settings.worker_max_memory_mb
     if cap_mb and peak_mb > CAP_HEADROOM * cap_mb:
         # Over the cap, the pool would replace this process after every task and reload the model each time.
