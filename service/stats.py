@@ -608,7 +608,7 @@ def f1_optimal_threshold(session: Session, flt: StatsFilter | None = None) -> F1
     ).first()
     if row is None or not row.positives:
         return None
-    score, next_score, tp, k = float(row[0]), row[1], int(row[2]), int(row[3])
+    score, next_score, tp, k = float(row.score), row.next_score, int(row.tp), int(row.k)
     positives, reviewed = int(row.positives), int(row.reviewed)
     if next_score is None:
         threshold = math.nextafter(score, -math.inf)
