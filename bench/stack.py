@@ -158,8 +158,8 @@ class Stack:
 
     def start(self) -> Stack:
         """Create and migrate the database, seed credentials, start web and workers, wait until ready."""
-        from service.db import make_engine
-        from service.migrate import upgrade
+        from service.core.db import make_engine
+        from service.core.migrate import upgrade
 
         flush_redis(self.config.redis_db)
         self.dbname = create_database()
@@ -291,8 +291,8 @@ class Stack:
     def _seed_credentials(self) -> None:
         from sqlalchemy.orm import Session
 
-        from service.schema import ROLE_ADMIN, ApiKey, User
-        from service.security import hash_api_key, hash_password, new_api_key
+        from service.core.schema import ROLE_ADMIN, ApiKey, User
+        from service.core.security import hash_api_key, hash_password, new_api_key
 
         self.api_key = new_api_key()
         with Session(self.engine) as session:

@@ -1,1 +1,1 @@
-"""Alembic migrations; ``service.migrate`` runs them."""
+"""Alembic migrations; ``service.core.migrate`` runs them."""

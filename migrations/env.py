@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import pool
 
-from service.db import make_engine
-from service.schema import Base
-from service.settings import get_settings
+from service.core.db import make_engine
+from service.core.schema import Base
+from service.core.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata

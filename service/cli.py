@@ -42,7 +42,7 @@ main.add_command(bench_command, "bench")
 
 def _settings():
     """Settings read from the environment now (not the process-wide cache: one command, one reading)."""
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     try:
         return Settings()
@@ -57,7 +57,7 @@ def _db_session() -> Iterator:
     from sqlalchemy.orm import Session
     from sqlalchemy.pool import NullPool
 
-    from service.db import make_engine
+    from service.core.db import make_engine
 
     settings = _settings()
     engine = make_engine(settings.database_url, poolclass=NullPool)
@@ -95,7 +95,7 @@ def db_group() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target Alembic revision.")
 def db_upgrade(revision: str) -> None:
     """Create or migrate the schema of SKETCHWATCH_DATABASE_URL."""
-    from service.migrate import upgrade
+    from service.core.migrate import upgrade
 
     settings = _settings()
     if settings.database_url.startswith("sqlite"):
@@ -136,8 +136,8 @@ def users_create(username: str, password: str, role: str) -> None:
     """Create a dashboard user (reviewer or admin)."""
     from sqlalchemy import select
 
-    from service.schema import User
-    from service.security import hash_password
+    from service.core.schema import User
+    from service.core.security import hash_password
 
     username = username.strip()
     if not username or len(username) > 100 or any(ch.isspace() for ch in username):
@@ -154,7 +154,7 @@ def users_list() -> None:
     """List dashboard users."""
     from sqlalchemy import select
 
-    from service.schema import User
+    from service.core.schema import User
 
     with _db_session() as session:
         rows = session.execute(select(User.username, User.role, User.active).order_by(User.username)).all()
@@ -172,8 +172,8 @@ def apikeys_group() -> None:
 
 def create_api_key(session, name: str) -> str:
     """Store a new key named ``name`` (its digest only) and return the key itself."""
-    from service.schema import ApiKey
-    from service.security import hash_api_key, new_api_key
+    from service.core.schema import ApiKey
+    from service.core.security import hash_api_key, new_api_key
 
     key = new_api_key()
     session.add(ApiKey(name=name, prefix=key[:12], key_hash=hash_api_key(key)))
@@ -186,7 +186,7 @@ def apikeys_create(name: str) -> None:
     """Create an API key and print it once (only its hash is stored)."""
     from sqlalchemy import select
 
-    from service.schema import ApiKey
+    from service.core.schema import ApiKey
 
     name = name.strip()
     if not name or len(name) > 100:
@@ -206,7 +206,7 @@ def apikeys_revoke(name: str) -> None:
     """Revoke an API key: requests with it get 401 from now on."""
     from sqlalchemy import select
 
-    from service.schema import ApiKey, utcnow
+    from service.core.schema import ApiKey, utcnow
 
     with _db_session() as session:
         key = session.execute(select(ApiKey).where(ApiKey.name == name)).scalar_one_or_none()
@@ -224,7 +224,7 @@ def apikeys_list() -> None:
     """List API keys (name, prefix, created, status); the keys themselves are not stored."""
     from sqlalchemy import select
 
-    from service.schema import ApiKey
+    from service.core.schema import ApiKey
 
     with _db_session() as session:
         rows = session.execute(select(ApiKey).order_by(ApiKey.name)).scalars().all()
@@ -322,8 +322,8 @@ def first_run_credentials(session) -> tuple[str, str, str] | None:
     """When there is no user yet: create an admin with a random password and an API key; else None."""
     from sqlalchemy import func, select
 
-    from service.schema import ROLE_ADMIN, ApiKey, User
-    from service.security import hash_password
+    from service.core.schema import ROLE_ADMIN, ApiKey, User
+    from service.core.security import hash_password
 
     if session.execute(select(func.count(User.id))).scalar_one():
         return None
@@ -345,7 +345,7 @@ def first_run_credentials(session) -> tuple[str, str, str] | None:
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 64), help="Scoring processes.")
 def up(host: str, port: int, concurrency: int) -> None:
     """Zero-setup mode: SQLite + a file broker in the data directory, web + worker + sweeper; Ctrl-C stops all."""
-    from service.migrate import upgrade
+    from service.core.migrate import upgrade
     from service.runner import Supervisor
     from worker.model_runtime import ModelUnavailable, check_artifact
 

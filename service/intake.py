@@ -21,11 +21,11 @@ from sqlalchemy.exc import DBAPIError
 
 from models.formats import FormatError, read_image
 from models.normalize import normalize_raw
-from service.db import json_dumps
+from service.core.db import json_dumps
 from service.extensions import db
 from service.queue import enqueue_scoring
-from service.schema import STATUS_QUEUED, Sketch, utcnow
-from service.settings import Settings
+from service.core.schema import STATUS_QUEUED, Sketch, utcnow
+from service.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class IntakeResult:
 def _settings(settings: Settings | None) -> Settings:
     if settings is not None:
         return settings
-    from service import app_settings
+    from service.extensions import app_settings
 
     return app_settings(current_app)
 

@@ -28,7 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 from sqlalchemy import case, extract, func, literal, select, text, true
 from sqlalchemy.engine import Engine
 
-from service.schema import STATUS_FAILED, STATUS_QUEUED, STATUS_SCORED, Sketch, utcnow
+from service.core.schema import STATUS_FAILED, STATUS_QUEUED, STATUS_SCORED, Sketch, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def init_app(app: Flask, settings=None, cache_s: float = CACHE_S) -> CollectorRe
     from worker.app import QUEUE
 
     if settings is None:
-        from service import app_settings
+        from service.extensions import app_settings
 
         settings = app_settings(app)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from flask import current_app
 from sqlalchemy import update
 
-from service.schema import STATUS_QUEUED, Sketch
+from service.core.schema import STATUS_QUEUED, Sketch
 from worker.app import SCORE_TASK
 
 log = logging.getLogger(__name__)

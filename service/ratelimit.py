@@ -22,7 +22,7 @@ from werkzeug.exceptions import TooManyRequests
 
 from service.api_budget import KeyBudget
 from service.extensions import limiter
-from service.security import hash_api_key
+from service.core.security import hash_api_key
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _retry_after(response):
 
 
 def _settings():
-    from service import app_settings
+    from service.extensions import app_settings
 
     return app_settings(current_app)
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from service.schema import VERDICT_ANOMALY, VERDICT_CAT, Review, Sketch, utcnow
+from service.core.schema import VERDICT_ANOMALY, VERDICT_CAT, Review, Sketch, utcnow
 
 VERDICTS = (VERDICT_ANOMALY, VERDICT_CAT)
 MAX_BULK = 500

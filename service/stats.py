@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
-from service.schema import STATUS_FAILED, STATUS_QUEUED, STATUS_SCORED, VERDICT_ANOMALY, VERDICT_CAT, Sketch
+from service.core.schema import STATUS_FAILED, STATUS_QUEUED, STATUS_SCORED, VERDICT_ANOMALY, VERDICT_CAT, Sketch
 
 DEFAULT_BINS = 40
 MAX_BINS = 200

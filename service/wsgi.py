@@ -3,7 +3,7 @@
 import gc
 
 from models.normalize import normalize_raw
-from service import create_app
+from service.app import create_app
 
 app = create_app()
 # Load the numba kernels for raw strokes now, at boot, rather than stalling the first raw submission.

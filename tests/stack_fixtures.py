@@ -82,7 +82,7 @@ def create_pg_database(migrate: bool = True) -> str:
     url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
     url_text = url.render_as_string(hide_password=False)
     if migrate:
-        from service.migrate import upgrade
+        from service.core.migrate import upgrade
 
         upgrade(url_text)
     return url_text
@@ -223,7 +223,7 @@ def redis_url() -> Iterator[str]:
 
 def build_testing_app(database_url: str, data_dir: Path):
     """An in-process app (env=testing, no rate limits) on ``database_url`` with a throwaway file broker."""
-    from service import create_app
+    from service.app import create_app
 
     return create_app(
         {
@@ -242,7 +242,7 @@ def build_testing_app(database_url: str, data_dir: Path):
 def sqlite_app(tmp_path):
     """An in-process app (env=testing) on a migrated temp SQLite file and a throwaway file broker."""
     from service.extensions import db
-    from service.migrate import upgrade
+    from service.core.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'app.db'}"
     upgrade(url)
@@ -340,7 +340,7 @@ class Stack:
 
     def start(self) -> Stack:
         """Create the database, seed credentials, start web and worker, and wait until both are ready."""
-        from service.migrate import upgrade
+        from service.core.migrate import upgrade
 
         if self.backend == "postgres":
             self.database_url = create_pg_database()
@@ -517,8 +517,8 @@ class Stack:
     # ------------------------------------------------------------------ data
 
     def _seed_credentials(self) -> None:
-        from service.schema import ROLE_ADMIN, ROLE_REVIEWER, ApiKey, User
-        from service.security import hash_api_key, hash_password, new_api_key
+        from service.core.schema import ROLE_ADMIN, ROLE_REVIEWER, ApiKey, User
+        from service.core.security import hash_api_key, hash_password, new_api_key
 
         self.api_key = new_api_key()
         with self.session() as s:
@@ -530,7 +530,7 @@ class Stack:
     def engine(self):
         """An engine of the test process on the stack's database."""
         if self._engine is None:
-            from service.db import make_engine
+            from service.core.db import make_engine
 
             kwargs = {} if self.backend == "sqlite" else {"pool_size": 2, "max_overflow": 2}
             self._engine = make_engine(self.database_url, **kwargs)
@@ -562,7 +562,7 @@ class Stack:
         """Current status per id."""
         from sqlalchemy import select
 
-        from service.schema import Sketch
+        from service.core.schema import Sketch
 
         ids = list(ids)
         with self.session() as s:
@@ -572,7 +572,7 @@ class Stack:
         """Poll until every id has one of ``statuses``; return {id: Sketch}; AssertionError on timeout."""
         from sqlalchemy import select
 
-        from service.schema import Sketch
+        from service.core.schema import Sketch
 
         ids, wanted = list(ids), set(statuses)
         deadline = time.monotonic() + timeout

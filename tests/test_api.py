@@ -21,13 +21,13 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from PIL import Image, ImageDraw
 from sqlalchemy import func, select, update
 
-from service import create_app
-from service.db import make_engine
+from service.app import create_app
+from service.core.db import make_engine
 from service.extensions import db
-from service.migrate import upgrade
+from service.core.migrate import upgrade
 from service.queue import flush
-from service.schema import ApiKey, Sketch, utcnow
-from service.security import hash_api_key, new_api_key
+from service.core.schema import ApiKey, Sketch, utcnow
+from service.core.security import hash_api_key, new_api_key
 from stack_fixtures import fresh_pg_database
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/quickdraw"

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from stack_fixtures import ROOT, create_pg_database, drop_pg_database, free_port
 
 from service.cli import first_run_credentials, main
-from service.migrate import heads
-from service.schema import ROLE_ADMIN, ApiKey, User
-from service.security import hash_api_key, verify_password
+from service.core.migrate import heads
+from service.core.schema import ROLE_ADMIN, ApiKey, User
+from service.core.security import hash_api_key, verify_password
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -143,7 +143,7 @@ def test_commands_on_a_database_without_schema_say_what_to_do(env):
 
 
 def test_api_key_lifecycle(migrated, env):
-    from service import create_app
+    from service.app import create_app
 
     created = CliRunner().invoke(main, ["apikeys", "create", "--name", "ci-client"], catch_exceptions=False)
     assert created.exit_code == 0, created.output

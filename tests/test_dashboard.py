@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import event, func, select, update
 
-from service import create_app
+from service.app import create_app
 from service.extensions import db
-from service.migrate import upgrade
-from service.schema import ApiKey, Review, Sketch, ThresholdChange, User
-from service.security import hash_api_key, hash_password, new_api_key
+from service.core.migrate import upgrade
+from service.core.schema import ApiKey, Review, Sketch, ThresholdChange, User
+from service.core.security import hash_api_key, hash_password, new_api_key
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 PASSWORDS = {"admin": "admin-password-1", "rita": "reviewer-password-1"}

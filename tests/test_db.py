@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from service.db import make_engine
+from service.core.db import make_engine
 from service.extensions import db
-from service.schema import ApiKey, Sketch
-from service.security import hash_api_key, new_api_key
+from service.core.schema import ApiKey, Sketch
+from service.core.security import hash_api_key, new_api_key
 from stack_fixtures import build_testing_app, terminate_pg_connections
 
 URL = "/api/v1/sketches"

@@ -28,8 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
 from bench.soak import Ledger, RedisServer, Submitter, TcpProxy, account, install_audit, load_items, wait_until_done
-from service.schema import ApiKey, Sketch, utcnow
-from service.security import hash_api_key, new_api_key
+from service.core.schema import ApiKey, Sketch, utcnow
+from service.core.security import hash_api_key, new_api_key
 from stack_fixtures import Stack, wait_for
 
 pytestmark = pytest.mark.slow
@@ -466,8 +466,8 @@ def metrics_engine(request, tmp_path):
     """A migrated database with a known mix of sketches, on SQLite and on PostgreSQL."""
     from datetime import timedelta
 
-    from service.db import make_engine
-    from service.migrate import upgrade
+    from service.core.db import make_engine
+    from service.core.migrate import upgrade
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'metrics.db'}"
@@ -533,7 +533,7 @@ def test_pipeline_collector_counts_from_sql(metrics_engine):
 
 
 def test_pipeline_collector_reports_outages_instead_of_failing(tmp_path):
-    from service.db import make_engine
+    from service.core.db import make_engine
     from service.metrics import PipelineCollector
 
     dead_db = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1")
@@ -565,9 +565,10 @@ def test_pipeline_collector_reports_outages_instead_of_failing(tmp_path):
 
 
 def test_metrics_endpoint_in_process_counts_requests_and_caches(tmp_path):
-    from service import create_app, metrics
+    from service.app import create_app
+    from service import metrics
     from service.extensions import db
-    from service.migrate import upgrade
+    from service.core.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade(url)

@@ -34,11 +34,12 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import func, select
 
-from service import create_app, ratelimit
+from service.app import create_app
+from service import ratelimit
 from service.extensions import db
-from service.migrate import upgrade
-from service.schema import ROLE_REVIEWER, ApiKey, Sketch, User
-from service.security import hash_api_key, hash_password, new_api_key
+from service.core.migrate import upgrade
+from service.core.schema import ROLE_REVIEWER, ApiKey, Sketch, User
+from service.core.security import hash_api_key, hash_password, new_api_key
 
 SUBMIT = "/api/v1/sketches"
 SQUARE = [[[0, 255, 255, 0, 0], [0, 0, 255, 255, 0]]]

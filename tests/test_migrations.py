@@ -9,8 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from service.migrate import MIGRATIONS_DIR, heads, upgrade
-from service.schema import Base
+from service.core.migrate import MIGRATIONS_DIR, heads, upgrade
+from service.core.schema import Base
 from stack_fixtures import fresh_pg_database
 
 

@@ -31,7 +31,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
 from stack_fixtures import READY_LINE, ROOT, PrivateRedis, free_port, wait_for
 
-from service.schema import (
+from service.core.schema import (
     STATUS_FAILED,
     STATUS_QUEUED,
     STATUS_SCORED,
@@ -96,7 +96,7 @@ def live(broker, stack):
 @pytest.fixture(scope="module")
 def producer(live):
     """A Celery app in the test process that sends tasks to the stack's broker."""
-    from service.settings import get_settings
+    from service.core.settings import get_settings
     from worker.app import make_celery
 
     app = make_celery(get_settings({"broker_url": live.broker_url, "database_url": live.database_url}))
@@ -210,8 +210,8 @@ def test_submitted_sketches_are_scored_end_to_end(live, drawings):
 
 
 def test_scoring_uses_the_threshold_in_force(live, drawings):
-    from service.settings import get_settings
-    from service.thresholds import apply_threshold
+    from service.core.settings import get_settings
+    from service.core.thresholds import apply_threshold
 
     with live.session() as s:
         previous = s.scalar(select(ThresholdChange.value).order_by(ThresholdChange.id.desc()).limit(1))
@@ -525,8 +525,8 @@ def test_up_zero_setup_round_trip(tmp_path, drawings):
         from sqlalchemy import create_engine
         from sqlalchemy.orm import Session
 
-        from service.schema import ApiKey, User
-        from service.security import hash_api_key, verify_password
+        from service.core.schema import ApiKey, User
+        from service.core.security import hash_api_key, verify_password
 
         engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'sketchwatch.db'}")
         with Session(engine) as s:

@@ -16,11 +16,12 @@ import pytest
 from flask import url_for
 from sqlalchemy import func, inspect, select, text
 
-from service import create_app, ratelimit
+from service.app import create_app
+from service import ratelimit
 from service.extensions import db
-from service.migrate import upgrade
-from service.schema import ROLE_ADMIN, ROLE_REVIEWER, ApiKey, Review, Sketch, ThresholdChange, User, utcnow
-from service.security import hash_api_key, hash_password, new_api_key
+from service.core.migrate import upgrade
+from service.core.schema import ROLE_ADMIN, ROLE_REVIEWER, ApiKey, Review, Sketch, ThresholdChange, User, utcnow
+from service.core.security import hash_api_key, hash_password, new_api_key
 from stack_fixtures import fresh_pg_database
 
 ADMIN = ("root-admin", "admin-password-123")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings, get_settings
+from service.core.settings import Settings, get_settings
 
 
 def test_zero_setup_defaults_need_no_server(tmp_path):

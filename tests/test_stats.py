@@ -14,10 +14,10 @@ from sqlalchemy import delete, event, insert, update
 from sqlalchemy.orm import Session
 
 from service import stats
-from service.db import make_engine
-from service.migrate import upgrade
+from service.core.db import make_engine
+from service.core.migrate import upgrade
 from service.reviews import record_reviews
-from service.schema import Review, Sketch, ThresholdChange
+from service.core.schema import Review, Sketch, ThresholdChange
 from stack_fixtures import fresh_pg_database
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)

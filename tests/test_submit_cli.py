@@ -17,13 +17,13 @@ from PIL import Image, ImageDraw
 from sqlalchemy import select
 from werkzeug.serving import make_server
 
-from service import create_app
+from service.app import create_app
 from service.cli import main
 from service.demo_sketches import DEMO
 from service.extensions import db
-from service.migrate import upgrade
-from service.schema import ApiKey, Sketch
-from service.security import hash_api_key, new_api_key
+from service.core.migrate import upgrade
+from service.core.schema import ApiKey, Sketch
+from service.core.security import hash_api_key, new_api_key
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/quickdraw"
 needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data folder {SHARED} is absent")

@@ -1,10 +1,10 @@
-"""The Celery application, configured from ``service.settings`` with lowercase settings."""
+"""The Celery application, configured from ``service.core.settings`` with lowercase settings."""
 
 from __future__ import annotations
 
 from celery import Celery
 
-from service.settings import Settings, get_settings
+from service.core.settings import Settings, get_settings
 
 SCORE_TASK = "sketchwatch.score_sketches"
 SWEEP_TASK = "sketchwatch.sweep_queued"

@@ -25,10 +25,10 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from service.extensions import db
-from service.logs import configure_logging
-from service.schema import STATUS_FAILED, STATUS_QUEUED, STATUS_SCORED, Sketch, utcnow
-from service.thresholds import current_threshold, lock_threshold
+from service.core.db import db
+from service.core.logs import configure_logging
+from service.core.schema import STATUS_FAILED, STATUS_QUEUED, STATUS_SCORED, Sketch, utcnow
+from service.core.thresholds import current_threshold, lock_threshold
 from worker import model_runtime
 from worker.app import QUEUE, SCORE_TASK, SWEEP_TASK, celery_app
 

@@ -10,8 +10,8 @@ from flask import current_app, g, jsonify, request
 from sqlalchemy import select
 
 from service.extensions import db
-from service.schema import ApiKey
-from service.security import hash_api_key
+from service.core.schema import ApiKey
+from service.core.security import hash_api_key
 
 
 def current_client() -> str | None:

@@ -222,7 +222,7 @@ def build_document(settings) -> dict:
 @bp.get("/openapi.json")
 def openapi_document():
     """Serve the OpenAPI document (public: it holds no secrets)."""
-    from service import app_settings
+    from service.extensions import app_settings
 
     doc = current_app.extensions.get("sketchwatch_openapi")
     if doc is None:

@@ -19,7 +19,7 @@ from service.api.schemas import ListQuery, first_error, from_quickdraw
 from service.extensions import db
 # Module import (not names): service.intake imports service.api.schemas, which loads this package.
 from service import intake
-from service.schema import Sketch
+from service.core.schema import Sketch
 
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
@@ -133,7 +133,7 @@ def _reindex(result: intake.IntakeResult, indexes: list[int], bad: list[tuple[in
 
 
 def _check_batch_size(n: int) -> None:
-    from service import app_settings
+    from service.extensions import app_settings
 
     limit = app_settings(current_app).max_batch
     if n == 0:

@@ -7,7 +7,7 @@ from functools import wraps
 from flask import current_app, jsonify, request
 from flask_login import current_user
 
-from service import app_settings
+from service.extensions import app_settings
 from service import stats
 from service.api import bp
 from service.api.auth_key import require_api_key
@@ -15,7 +15,7 @@ from service.api.errors import ApiError
 from service.api.openapi import document
 from service.dashboard.params import ParamError, parse_bins, parse_bool, parse_filter
 from service.extensions import db
-from service.thresholds import current_threshold
+from service.core.thresholds import current_threshold
 
 
 def key_or_login(view):

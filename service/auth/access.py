@@ -9,7 +9,7 @@ from flask import abort, jsonify, redirect, request, url_for
 from flask_login import current_user
 
 from service.extensions import db, login_manager
-from service.schema import ROLE_ADMIN, ROLE_REVIEWER, User
+from service.core.schema import ROLE_ADMIN, ROLE_REVIEWER, User
 
 # Higher ranks include the rights of lower ones: an admin can also review.
 ROLE_RANK = {ROLE_REVIEWER: 1, ROLE_ADMIN: 2}

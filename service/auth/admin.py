@@ -11,8 +11,8 @@ from service.auth import bp
 from service.auth.access import role_required
 from service.auth.forms import ActionForm, ApiKeyForm, UserForm
 from service.extensions import db
-from service.schema import ROLE_ADMIN, ApiKey, User, utcnow
-from service.security import hash_api_key, hash_password, new_api_key
+from service.core.schema import ROLE_ADMIN, ApiKey, User, utcnow
+from service.core.security import hash_api_key, hash_password, new_api_key
 
 # Shown next to a key so admins can tell keys apart without ever seeing them again.
 KEY_PREFIX_CHARS = 12

@@ -8,14 +8,14 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 
-from service import app_settings
+from service.extensions import app_settings
 from service.auth import bp
 from service.auth.access import safe_next
 from service.auth.forms import ActionForm, LoginForm
 from service.auth.headers import add_page_headers
 from service.extensions import db, limiter
-from service.schema import User
-from service.security import hash_password, verify_password
+from service.core.schema import User
+from service.core.security import hash_password, verify_password
 
 bp.after_request(add_page_headers)
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from service.dashboard import bp
 from service.extensions import db
 from service.intake import accept
-from service.schema import STATUS_SCORED, Sketch
+from service.core.schema import STATUS_SCORED, Sketch
 
 POLL_INTERVAL_MS = 500
 POLL_TIMEOUT_MS = 120_000

@@ -14,7 +14,7 @@ from service.dashboard.listing import DEFAULT_PER_PAGE, MAX_PER_PAGE, SORTS, STA
 from service.dashboard.params import ParamError, parse_int
 from service.extensions import db
 from service.reviews import review_history
-from service.schema import Sketch
+from service.core.schema import Sketch
 
 GALLERY_SCALE = 3
 DETAIL_SCALE = 8

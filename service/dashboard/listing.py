@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Select, func, or_, select, true
 from sqlalchemy.orm import Session
 
-from service.schema import VERDICT_ANOMALY, VERDICT_CAT, Review, Sketch
+from service.core.schema import VERDICT_ANOMALY, VERDICT_CAT, Review, Sketch
 
 STATES = ("all", "unreviewed", "anomaly", "cat")
 SORTS = {

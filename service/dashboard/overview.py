@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from flask import current_app, render_template, request
 
-from service import app_settings, stats
+from service.extensions import app_settings
+from service import stats
 from service.dashboard import bp
 from service.dashboard.charts import histogram_chart
 from service.dashboard.params import RANGES, ParamError, parse_bins, parse_bool, parse_filter
 from service.extensions import db
-from service.thresholds import current_threshold
+from service.core.thresholds import current_threshold
 
 
 def _settings():

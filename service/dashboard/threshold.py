@@ -11,15 +11,16 @@ from sqlalchemy import func, select, true
 from wtforms import FloatField, StringField
 from wtforms.validators import DataRequired, InputRequired, Length, ValidationError
 
-from service import app_settings, stats
+from service.extensions import app_settings
+from service import stats
 from service.auth.access import has_role, role_required
 from service.dashboard import bp
 from service.dashboard.charts import histogram_chart
 from service.dashboard.params import ParamError, parse_float
 from service.extensions import db
-from service.model_info import model_meta
-from service.schema import ROLE_ADMIN, Sketch, ThresholdChange
-from service.thresholds import apply_threshold, current_threshold
+from service.core.model_info import model_meta
+from service.core.schema import ROLE_ADMIN, Sketch, ThresholdChange
+from service.core.thresholds import apply_threshold, current_threshold
 
 HISTORY_ROWS = 50
 SLIDER_STEPS = 1000

@@ -53,8 +53,8 @@ def seed(stack, shared: Path) -> list[int]:
 
     One more comes from a second API key with a hostile name and hostile metadata.
     """
-    from service.schema import ApiKey
-    from service.security import hash_api_key, new_api_key
+    from service.core.schema import ApiKey
+    from service.core.security import hash_api_key, new_api_key
 
     rng = np.random.default_rng(0)
     items = [_item(o) for o in _ndjson(shared / "cat.ndjson", CATS, rng)]

@@ -10,7 +10,7 @@ import re
 
 from playwright.sync_api import expect
 
-from service.schema import Sketch
+from service.core.schema import Sketch
 
 from browser_support import EVIL_CLIENT, EVIL_META, api_status, column, log_in, scalar, screenshot
 

@@ -128,3 +128,7 @@ class Database:
             raise
         finally:
             session.close()
+
+
+# The one process-wide holder: the web binds it in ``create_app``, the worker after each fork.
+db = Database()

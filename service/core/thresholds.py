@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service.model_info import model_meta
-from service.schema import STATUS_SCORED, Sketch, ThresholdChange
+from service.core.model_info import model_meta
+from service.core.schema import STATUS_SCORED, Sketch, ThresholdChange
 
 FALLBACK_THRESHOLD = 0.5
 # Serialises "read threshold + write flags" between workers and a threshold change (PostgreSQL only;
