@@ -50,6 +50,8 @@ class BenchOptions:
     repeat: int = 5
     quick: bool = False
     profile_dir: Path | None = None
+    # Scoring runtime of the workers: "litert" (model.tflite), "keras", or "both" (each measured, side by side).
+    runtime: str = "both"
 
     @classmethod
     def quick_options(cls, **overrides) -> BenchOptions:
@@ -61,6 +63,10 @@ class BenchOptions:
         for k, v in overrides.items():
             setattr(opts, k, v)
         return opts
+
+    def runtimes(self) -> list[str]:
+        """The runtimes to measure, the one of the full end-to-end run first (LiteRT when both)."""
+        return ["litert", "keras"] if self.runtime == "both" else [self.runtime]
 
     def sweep_rates(self) -> list[float]:
         """Offered rates of the latency sweep: around ``rate`` up to 8x (the headline rate is always run)."""
@@ -94,12 +100,9 @@ def run_bench(opts: BenchOptions) -> dict:
     }  # fmt: skip
     load = e2e.LoadOptions(batch=opts.batch, concurrency=opts.concurrency, max_backlog=opts.max_backlog)
 
-    log.info("model ceiling (in-process, batch %d)", opts.model_batch)
+    log.info("model ceiling (in-process, batch %d): %s", opts.model_batch, ", ".join(opts.runtimes()))
     with _phase(result, "model ceiling"):
-        model = e2e.model_ceiling(batch=opts.model_batch, quick=opts.quick)
-        result["model"] = model
-        result["model_ceiling_per_s"] = model.get("from_strokes_per_s")
-        result["model_only_per_s"] = model.get("model_only_per_s")
+        _run_model(opts, result)
     if not opts.skip_e2e:
         with _phase(result, "end to end"):
             _run_e2e(opts, load, result)
@@ -122,16 +125,111 @@ def _phase(result: dict, name: str):
         result["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
 
 
+def _model_kwargs(opts: BenchOptions) -> dict:
+    kwargs = {"batch": opts.model_batch, "model_dir": os.environ.get("SKETCHWATCH_MODEL_DIR") or None}
+    if opts.quick:
+        kwargs.update(n=2048, repeats=1, n_single=512)  # a tiny load for the smoke test
+    return kwargs
+
+
+def _run_model(opts: BenchOptions, result: dict) -> None:
+    """Model-only figures of each runtime, each in a child process; the first runtime's are the headline."""
+    from bench import model as model_bench
+
+    runtimes = opts.runtimes()
+    comparison = model_bench.compare(tuple(runtimes), **_model_kwargs(opts))
+    model = dict(comparison[runtimes[0]], source="bench.model")
+    result["model"] = model
+    result["model_ceiling_per_s"] = model.get("from_strokes_per_s")
+    result["model_only_per_s"] = model.get("model_only_per_s")
+    result["runtimes"] = {name: {k: comparison[name][k] for k in _MODEL_FIGURES} for name in runtimes}
+    if "ratio" in comparison:
+        result["runtime_ratio"] = comparison["ratio"]
+    for name in runtimes:
+        log.info("  %s: model only %s/s, from strokes %s/s, one sketch per call %s/s", name,
+                 _num(comparison[name]["model_only_per_s"]), _num(comparison[name]["from_strokes_per_s"]),
+                 _num(comparison[name]["batch1_per_s"]))  # fmt: skip
+
+
+_MODEL_FIGURES = ("model_only_per_s", "model_only_per_cpu_s", "from_strokes_per_s", "batch1_per_s", "load_s",
+                  "peak_rss_mb")
+
+
+@contextmanager
+def _runtime_model_dir(runtime: str):
+    """The artifact directory whose workers score with ``runtime`` (a Keras-only copy for "keras")."""
+    import tempfile
+
+    from bench import model as model_bench
+    from models.artifact import has_tflite
+
+    configured = os.environ.get("SKETCHWATCH_MODEL_DIR") or None
+    if runtime == "litert":
+        if not has_tflite(configured):
+            raise RuntimeError("the model has no model.tflite: add it with `sketchwatch export`, "
+                               "or use --runtime keras")
+        yield configured
+        return
+    with tempfile.TemporaryDirectory(prefix="sketchwatch-bench-keras-") as tmp:
+        yield str(model_bench.keras_only_artifact(configured, Path(tmp)))
+
+
 def _run_e2e(opts: BenchOptions, load, result: dict) -> None:
+    runtimes = opts.runtimes()
+    with _runtime_model_dir(runtimes[0]) as model_dir:
+        _run_e2e_full(opts, load, result, model_dir, runtimes[0])
+    for runtime in runtimes[1:]:
+        with _phase(result, f"end to end ({runtime})"), _runtime_model_dir(runtime) as model_dir:
+            _run_e2e_side(opts, load, result, model_dir, runtime)
+    if "keras" in result.get("runtimes", {}) and "litert" in result.get("runtimes", {}):
+        k, lt = result["runtimes"]["keras"], result["runtimes"]["litert"]
+        if k.get("e2e_per_s") and lt.get("e2e_per_s"):
+            result.setdefault("runtime_ratio", {})["e2e_per_s"] = lt["e2e_per_s"] / k["e2e_per_s"]
+
+
+def _worker_figures(result: dict, runtime: str, ready_s: float, phases: list[dict]) -> None:
+    """Ready time and pool memory of one runtime's workers into ``result['runtimes']``."""
+    worker = [mb for p in phases for mb in p["worker_rss_mb"]]
+    entry = result.setdefault("runtimes", {}).setdefault(runtime, {})
+    entry["worker_ready_s"] = ready_s
+    entry["worker_rss_mb"] = max(worker) if worker else None
+    entry["e2e_per_s"] = phases[0]["e2e_per_s"]
+    entry["e2e_sketches"] = phases[0].get("scored")
+
+
+def _run_e2e_side(opts: BenchOptions, load, result: dict, model_dir: str, runtime: str) -> None:
+    """Another runtime's workers: ready time, then the main throughput phase only."""
     from bench import e2e
+    from bench import model as model_bench
     from bench.stack import Stack, StackConfig
 
     config = StackConfig(
         workers=opts.workers, web_workers=opts.web_workers, web_threads=opts.web_threads,
-        tf_threads=opts.tf_threads, worker_batch_size=opts.worker_batch_size,
+        tf_threads=opts.tf_threads, worker_batch_size=opts.worker_batch_size, model_dir=model_dir,
+    )  # fmt: skip
+    with Stack(config) as stack:
+        ready_s = model_bench.worker_ready_seconds(stack, opts.workers)
+        log.info("%s workers ready in %.2f s; throughput: batches of %d for %.0f s", runtime, ready_s, opts.batch,
+                 opts.duration)  # fmt: skip
+        e2e.warm_up(stack, load)
+        main = e2e.throughput(stack, opts.duration, load)
+        log.info("  %s sketches/s end to end (%s)", _num(main["e2e_per_s"]), runtime)
+    _worker_figures(result, runtime, ready_s, [main])
+
+
+def _run_e2e_full(opts: BenchOptions, load, result: dict, model_dir: str | None, runtime: str) -> None:
+    from bench import e2e
+    from bench import model as model_bench
+    from bench.stack import Stack, StackConfig
+
+    config = StackConfig(
+        workers=opts.workers, web_workers=opts.web_workers, web_threads=opts.web_threads,
+        tf_threads=opts.tf_threads, worker_batch_size=opts.worker_batch_size, model_dir=model_dir,
     )  # fmt: skip
     with Stack(config) as stack:
         log.info("stack up: %s, %d web x %d threads, %d workers", stack.url, opts.web_workers, opts.web_threads, opts.workers)
+        ready_s = model_bench.worker_ready_seconds(stack, opts.workers)
+        log.info("%s workers ready in %.2f s", runtime, ready_s)
         result["warm_up_s"] = e2e.warm_up(stack, load)
         log.info("throughput: batches of %d for %.0f s", opts.batch, opts.duration)
         main = e2e.throughput(stack, opts.duration, load, opts.profile_dir)
@@ -153,6 +251,9 @@ def _run_e2e(opts: BenchOptions, load, result: dict) -> None:
                 log.info("  %s sketches/s", _num(runs[n]["e2e_per_s"]))
         result["growth"] = [runs[n] for n in sorted(runs)]
     _headline_e2e(result)
+    _worker_figures(result, runtime, ready_s, [main, *result["latency_sweep"], *result["growth"]])
+    result["worker_ready_s"] = ready_s
+    result["runtime"] = runtime
 
 
 def _run_dashboard(opts: BenchOptions, result: dict) -> None:
@@ -205,6 +306,33 @@ def _headline_e2e(result: dict) -> None:
     web = [mb for p in phases for mb in p["web_rss_mb"]]
     result["worker_rss_mb"] = max(worker) if worker else None
     result["web_rss_mb"] = max(web) if web else None
+
+
+def runtime_lines(result: dict) -> list[str]:
+    """Markdown: the runtimes side by side (model-only figures, worker ready time and memory, end to end)."""
+    runtimes = [n for n in ("litert", "keras") if n in result.get("runtimes", {})]
+    if not runtimes:
+        return []
+    ratio = result.get("runtime_ratio") or {}
+    both = len(runtimes) == 2
+    lines = ["", "### Scoring runtimes", "",
+             "| | " + " | ".join(runtimes) + (" | litert / keras |" if both else " |"),
+             "|---" * (len(runtimes) + 1 + both) + "|"]  # fmt: skip
+    rows = (("model only, batch 256 (sketches/s)", "model_only_per_s", ",.0f"),
+            ("from strokes, batch 256 (sketches/s)", "from_strokes_per_s", ",.0f"),
+            ("one sketch per call, 1 thread (sketches/s)", "batch1_per_s", ",.0f"),
+            ("model process: import + load + first batch (s)", "load_s", ".2f"),
+            ("model process peak RSS (MB)", "peak_rss_mb", ",.0f"),
+            ("worker start to ready (s)", "worker_ready_s", ".2f"),
+            ("worker process peak RSS (MB)", "worker_rss_mb", ",.0f"),
+            ("end to end, batches (sketches/s)", "e2e_per_s", ",.0f"))  # fmt: skip
+    for label, key, spec in rows:
+        cells = [_num(result["runtimes"][n].get(key), spec) for n in runtimes]
+        extra = ""
+        if both:
+            extra = f" {ratio[key]:.2f}x |" if ratio.get(key) else " |"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |" + extra)
+    return lines
 
 
 def _clean(value):
@@ -262,6 +390,9 @@ def _float_list(_ctx, _param, value: str | None) -> list[float] | None:
 @click.option("--tf-threads", type=click.IntRange(min=1), default=None, help="TensorFlow threads per worker process [1].")
 @click.option("--worker-batch-size", type=click.IntRange(min=1), default=None, help="Ids per scoring task (SKETCHWATCH_WORKER_BATCH_SIZE).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Connections sending batches [2].")
+@click.option("--runtime", type=click.Choice(["litert", "keras", "both"]), default=None,
+              help="Scoring runtime of the workers; 'both' measures each (model, ready time, memory, end-to-end "
+                   "throughput) and prints them side by side, with the full run on LiteRT [both].")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the figures (PNG) and the raw result (bench-result.json) into this directory.")  # fmt: skip
 @click.option("--profile", "profile_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -289,6 +420,7 @@ def bench_command(as_json: bool, quick: bool, plot_dir: Path | None, **given) ->
         click.echo(json.dumps(out))
     else:
         click.echo(report.markdown(result))
+        click.echo("\n".join(runtime_lines(result)))
         if result.get("figures"):
             click.echo("figures: " + ", ".join(result["figures"]))
         click.echo(f"elapsed: {result['elapsed_s']:.0f} s")

@@ -22,7 +22,8 @@ from pathlib import Path
 from sqlalchemy import text
 
 from bench.loadgen import DEFAULT_DATA, percentiles
-from bench.stack import ROOT, ResourceSampler, Stack
+from bench.stack import ResourceSampler, Stack
+from service.stack import ROOT
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def warm_up(stack: Stack, opts: LoadOptions, timeout: float = 180.0) -> float:
     if not lg["accepted"]:
         raise RuntimeError(f"warm-up submissions were not accepted: {lg['errors']}")
     if not stack.wait_scored(after, lg["accepted"], timeout):
-        raise RuntimeError(f"workers did not score the warm-up within {timeout:.0f} s:\n{stack.log_tail('worker')}")
+        raise RuntimeError(f"workers did not score the warm-up within {timeout:.0f} s:\n{stack.tail('worker')}")
     stack.analyze()
     return time.monotonic() - start
 

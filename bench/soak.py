@@ -14,14 +14,15 @@ exactly once and be ``scored`` (or ``failed`` with a reason), and a PostgreSQL t
 run proves that no sketch was scored twice. The figures are printed (``--json`` for machine use);
 the exit status is 0 only when everything is accounted for.
 
-The classes here (``RedisServer``, ``TcpProxy``, ``Ledger``/``Submitter``, ``account``) are also used by
-``tests/test_faults.py``. Run ``python -m bench.soak --help``.
+The stack, the private ``RedisServer`` and the HTTP client are the shared ones (``service.stack``,
+``service.client``); the fault tools and the accounting are here. The classes here (``RedisServer``,
+``TcpProxy``, ``Ledger``/``Submitter``, ``account``) are also used by ``tests/test_faults.py``. Run
+``python -m bench.soak --help``.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import itertools
 import json
 import logging
@@ -31,7 +32,6 @@ import selectors
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,138 +39,29 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 from urllib.parse import urlsplit
 
 import orjson
+
+from service.client import RETRY_STATUSES as SERVER_RETRY_STATUSES
+from service.client import Answer, RetryPolicy, SubmitClient, post_with_retries
+from service.stack import RedisServer, free_port  # noqa: F401 - RedisServer is part of this module's API
 
 log = logging.getLogger("bench.soak")
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKDRAW = ROOT.parent / "shared" / "data" / "quickdraw"
-SUBMIT_PATH = "/api/v1/sketches"
 REDIS_PORTS = range(6380, 6400)
-RETRY_STATUSES = frozenset({0, 429, 502, 503, 504})
+# Status 0 is a request that got no answer (a dropped connection); every one of these is re-sent.
+RETRY_STATUSES = frozenset({0}) | SERVER_RETRY_STATUSES
 MAX_RETRY_SLEEP_S = 2.0
+RETRY_SLEEP_S = 0.2
 REQUEST_TIMEOUT_S = 30.0
 AUDIT_TABLE = "soak_audit"
 
 
 # --------------------------------------------------------------------------- infrastructure we control
-
-
-def free_port(candidates: Iterator[int] | range | None = None) -> int:
-    """A TCP port free on 127.0.0.1 right now (the first free one of ``candidates``, else any)."""
-    for port in candidates or ():
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A private, non-persistent redis-server on its own port; started, stopped and restarted by its pid."""
-
-    def __init__(self, workdir: Path, port: int | None = None, binary: str = "redis-server") -> None:
-        self.workdir = Path(workdir)
-        self.port = port or free_port(REDIS_PORTS)
-        self.binary = shutil.which(binary) or binary
-        self.pidfile = self.workdir / f"redis-{self.port}.pid"
-        self.pid: int | None = None
-
-    @property
-    def url(self) -> str:
-        """Broker URL of DB 0 of this server."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Start the server (daemonized) and wait until it answers PING."""
-        if self.port == 6379:
-            raise ValueError("refusing to manage the shared Redis on 6379")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.pidfile.unlink(missing_ok=True)
-        subprocess.run(
-            [
-                self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--daemonize", "yes", "--pidfile", str(self.pidfile), "--dir", str(self.workdir),
-                "--logfile", str(self.workdir / f"redis-{self.port}.log"),
-            ],
-            check=True, capture_output=True, timeout=timeout,
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.pidfile.exists() and self.ping():
-                self.pid = int(self.pidfile.read_text().strip())
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
-
-    def ping(self) -> bool:
-        """True when the server answers."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        """Stop the server we started (by its pid); everything it held is lost (no persistence)."""
-        if self.pid is None:
-            return
-        try:
-            os.kill(self.pid, sig)
-        except ProcessLookupError:
-            self.pid = None
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _pid_alive(self.pid):
-            time.sleep(0.05)
-        if _pid_alive(self.pid):
-            os.kill(self.pid, signal.SIGKILL)
-        self.pid = None
-
-    def restart(self, down_s: float, sig: int = signal.SIGTERM) -> None:
-        """Stop, stay down ``down_s`` seconds, start again on the same port."""
-        self.stop(sig)
-        time.sleep(down_s)
-        self.start()
-
-    def llen(self, key: str) -> int:
-        """LLEN of ``key`` (a raw RESP exchange: no client library state survives restarts)."""
-        return self._int_command(b"LLEN", key.encode())
-
-    def hlen(self, key: str) -> int:
-        """HLEN of ``key``."""
-        return self._int_command(b"HLEN", key.encode())
-
-    def _int_command(self, *parts: bytes) -> int:
-        payload = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
-            sock.sendall(payload)
-            reply = sock.recv(64)
-        if not reply.startswith(b":"):
-            raise RuntimeError(f"unexpected Redis reply {reply!r}")
-        return int(reply[1:].split(b"\r\n", 1)[0])
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 class TcpProxy:
@@ -334,28 +225,30 @@ class Ledger:
     sent: int = 0
     latencies_s: list[float] = field(default_factory=list)
 
-    def record(self, status: int, refs: list[str], body: bytes, headers: dict[str, str], took: float) -> bool:
-        """Account one answer; True when the batch is settled (stored or refused for good)."""
+    def record(self, answer: Answer, refs: list[str]) -> bool:
+        """Account one answer to a request (counted as sent); True when the batch is settled (stored or refused for good)."""
+        status, body = answer.status, answer.body
         with self.lock:
+            self.sent += 1
             self.statuses[status] += 1
-            self.latencies_s.append(took)
+            self.latencies_s.append(answer.seconds)
             if status in (200, 202, 400) and body[:1] == b"{":
-                answer = orjson.loads(body)
-                if "items" in answer:
-                    for item in answer["items"]:
+                parsed = orjson.loads(body)
+                if "items" in parsed:
+                    for item in parsed["items"]:
                         ref = refs[item["index"]]
                         if "id" in item and item["id"] is not None:
                             self._ack(ref, int(item["id"]))
                         else:
                             self.rejected[ref] = str(item.get("error"))
                     return True
-                if "id" in answer and len(refs) == 1:
-                    self._ack(refs[0], int(answer["id"]))
+                if "id" in parsed and len(refs) == 1:
+                    self._ack(refs[0], int(parsed["id"]))
                     return True
             if status in RETRY_STATUSES:
                 if status == 0 and len(self.connection_errors) < 20:
-                    self.connection_errors.append(body[:200].decode(errors="replace"))
-                if status in (429, 503) and "retry-after" not in headers:
+                    self.connection_errors.append(answer.message())
+                if status in (429, 503) and "retry-after" not in answer.headers:
                     self.retry_after_missing += 1
                 self.retries += 1
                 return False
@@ -375,20 +268,24 @@ class Ledger:
 
 
 class Submitter:
-    """Threads that POST batches with unique client_refs and re-send a batch until it is settled."""
+    """Threads that POST batches with unique client_refs and re-send a batch until it is settled.
+
+    Sent through the shared client: every answer goes to the ledger, which decides whether the batch is
+    settled; otherwise it is re-sent after what Retry-After asks (at most MAX_RETRY_SLEEP_S), else after
+    RETRY_SLEEP_S, for up to ``give_up_s`` seconds.
+    """
 
     def __init__(self, url: str, api_key: str, ledger: Ledger, items: list[dict], total: int, batch: int = 10,
                  concurrency: int = 2, prefix: str | None = None, pace_s: float = 0.0, give_up_s: float = 600.0) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        self.client = SubmitClient(url, api_key, timeout_s=REQUEST_TIMEOUT_S)
+        self.policy = RetryPolicy(max_attempts=None, give_up_s=give_up_s, first_delay_s=RETRY_SLEEP_S, backoff=1.0,
+                                  max_delay_s=MAX_RETRY_SLEEP_S)  # fmt: skip
         self.ledger = ledger
         self.items = items
         self.total = total
         self.batch = max(1, batch)
         self.prefix = prefix or f"soak-{os.getpid()}-{random.randrange(16**6):06x}"
         self.pace_s = pace_s
-        self.give_up_s = give_up_s
         self._next = itertools.count()
         self._counter_lock = threading.Lock()
         self._stop = threading.Event()
@@ -405,73 +302,33 @@ class Submitter:
         deadline = None if timeout is None else time.monotonic() + timeout
         for t in self.threads:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self.threads)
+        done = not any(t.is_alive() for t in self.threads)
+        if done:
+            self.client.close()
+        return done
 
     def stop(self) -> None:
         """Ask the threads to stop after their current batch."""
         self._stop.set()
 
     def _claim(self) -> list[int]:
+        """The next batch's item numbers (empty when all are claimed)."""
         with self._counter_lock:
             start = next(self._next) * self.batch
         return list(range(start, min(start + self.batch, self.total)))
 
     def _run(self) -> None:
-        conn: http.client.HTTPConnection | None = None
+        """One sending thread: claim a batch, send it until settled, pace, repeat."""
         while not self._stop.is_set():
             numbers = self._claim()
             if not numbers:
                 break
             refs = [f"{self.prefix}-{n}" for n in numbers]
             body = orjson.dumps([{**self.items[n % len(self.items)], "client_ref": ref} for n, ref in zip(numbers, refs)])
-            deadline = time.monotonic() + self.give_up_s
-            while time.monotonic() < deadline:
-                status, data, headers, took, conn = _post(conn, self.host, self.port, body, self.headers)
-                with self.ledger.lock:
-                    self.ledger.sent += 1
-                if self.ledger.record(status, refs, data, headers, took):
-                    break
-                wait = headers.get("retry-after")
-                time.sleep(min(MAX_RETRY_SLEEP_S, float(wait)) if wait and wait.isdigit() else 0.2)
+            post_with_retries(self.client, self.policy, lambda answer, refs=refs: self.ledger.record(answer, refs),
+                              data=body, content_type="application/json")  # fmt: skip
             if self.pace_s:
                 time.sleep(self.pace_s)
-        if conn is not None:
-            conn.close()
-
-
-def _post(conn, host: str, port: int, body: bytes, headers: dict) -> tuple[int, bytes, dict, float, Any]:
-    """One POST on a keep-alive connection: (status, body, lower-cased headers, seconds, connection).
-
-    A reused connection that the server closed while idle fails before anything is sent; that is
-    retried once on a new connection, as every HTTP client does, and is not an outage.
-    """
-    if conn is not None:
-        status, data, out_headers, took, conn = _post_once(conn, host, port, body, headers)
-        if status != 0 or not any(marker in data for marker in _STALE):
-            return status, data, out_headers, took, conn
-    return _post_once(None, host, port, body, headers)
-
-
-_STALE = (b"Remote end closed connection", b"[Errno 32] Broken pipe", b"[Errno 104] Connection reset")
-
-
-def _post_once(conn, host: str, port: int, body: bytes, headers: dict) -> tuple[int, bytes, dict, float, Any]:
-    started = time.monotonic()
-    try:
-        if conn is None:
-            conn = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_S)
-        conn.request("POST", SUBMIT_PATH, body=body, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        out_headers = {k.lower(): v for k, v in resp.getheaders()}
-        if out_headers.get("connection", "").lower() == "close":
-            conn.close()
-            conn = None
-        return resp.status, data, out_headers, time.monotonic() - started, conn
-    except (OSError, http.client.HTTPException) as exc:
-        if conn is not None:
-            conn.close()
-        return 0, f"{type(exc).__name__}: {exc}".encode(), {}, time.monotonic() - started, None
 
 
 # --------------------------------------------------------------------------- accounting
@@ -636,78 +493,27 @@ def soak_settings(sweep_interval_s: float, sweep_after_s: float, visibility_time
     }
 
 
-def make_stack(workdir: Path, redis: RedisServer, proxy_port_for: Callable[[int], int], args) -> Any:
-    """A bench.stack.Stack whose processes reach PostgreSQL through the proxy and use the private Redis, plus beat."""
-    os.environ["SKETCHWATCH_BENCH_REDIS_PORT"] = str(redis.port)  # bench.stack reads it at import
-    os.environ["SKETCHWATCH_BENCH_REDIS_DB"] = "0"
-    from bench import stack as bench_stack
+def make_stack(redis: RedisServer, proxy: TcpProxy, args):
+    """The bench stack on the private Redis, with Celery beat on its own and every process reaching PostgreSQL through ``proxy``."""
+    from bench.stack import Stack, StackConfig
 
-    if bench_stack.REDIS_PORT != redis.port:
-        raise RuntimeError("bench.stack was imported before the soak chose its Redis port")
+    class SoakStack(Stack):
+        """The bench stack, with the database URL of every process pointing at the proxy."""
 
-    class SoakStack(bench_stack.Stack):
-        """The bench stack, with the database URL of every process pointing at the proxy, and Celery beat."""
-
-        beat: subprocess.Popen | None = None
-
-        def environment(self) -> dict[str, str]:
-            env = super().environment()
+        def environment(self, extra=None) -> dict[str, str]:
+            """Stack environment with the database URL rewritten to the proxy's port."""
+            env = super().environment(extra)
             parts = urlsplit(self.database_url)
             env["SKETCHWATCH_DATABASE_URL"] = self.database_url.replace(
-                f"@{parts.hostname}:{parts.port}/", f"@127.0.0.1:{proxy_port_for(parts.port)}/"
+                f"@{parts.hostname}:{parts.port}/", f"@127.0.0.1:{proxy.port}/"
             )
             return env
 
-        def start_beat(self) -> None:
-            cmd = [sys.executable, "-m", "celery", "-A", "worker.app", "beat", "--loglevel", "WARNING",
-                   "--schedule", str(self.workdir / "beat-schedule")]  # fmt: skip
-            out = self._log_file("beat")
-            self.beat = subprocess.Popen(cmd, cwd=ROOT, env=self.environment(), stdout=out, stderr=out, start_new_session=True)
-
-        def stop(self) -> None:
-            bench_stack._stop(self.beat, "beat")
-            self.beat = None
-            super().stop()
-
-    config = bench_stack.StackConfig(
-        workers=args.workers, web_workers=args.web_workers, web_threads=4, redis_db=0, log_level="INFO",
+    config = StackConfig(
+        workers=args.workers, web_workers=args.web_workers, web_threads=4, log_level="INFO", beat="separate",
         env=soak_settings(args.sweep_interval, args.sweep_after, args.visibility_timeout, args.max_attempts),
     )  # fmt: skip
-    return SoakStack(config)
-
-
-def kill_worker(stack, sig: int) -> None:
-    """Signal the whole worker process group we started (main process and pool children)."""
-    if stack.worker is None or stack.worker.poll() is not None:
-        return
-    try:
-        os.killpg(stack.worker.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
-        stack.worker.wait(timeout=60 if sig == signal.SIGTERM else 10)
-    except subprocess.TimeoutExpired:
-        os.killpg(stack.worker.pid, signal.SIGKILL)
-        stack.worker.wait(timeout=10)
-
-
-WORKER_READY_LINE = b"scoring process ready"
-WORKER_READY_TIMEOUT_S = 240.0
-
-
-def wait_worker_ready(log_path: Path, offset: int, processes: int, timeout: float) -> bool:
-    """Wait until the worker log, past ``offset``, shows every pool process ready (model loaded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(log_path, "rb") as fh:
-                fh.seek(offset)
-                if fh.read().count(WORKER_READY_LINE) >= processes:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.25)
-    return False
+    return SoakStack(config, broker_url=redis.url)
 
 
 @dataclass
@@ -743,12 +549,16 @@ def inject(kind: str, stack, redis: RedisServer, proxy: TcpProxy, args, faults: 
             except (OSError, RuntimeError):
                 pass
             time.sleep(0.05)
-        kill_worker(stack, signal.SIGKILL if kind == "worker-kill" else signal.SIGTERM)
+        sig = signal.SIGKILL if kind == "worker-kill" else signal.SIGTERM
+        # A warm shutdown finishes the batch in hand first.
+        stack.kill_process("worker", sig, timeout_s=60 if sig == signal.SIGTERM else 10)
         stopped = time.monotonic() - started
-        log_path = stack.workdir / "worker.log"
-        offset = log_path.stat().st_size if log_path.exists() else 0
         stack.start_workers(args.workers)
-        ready = wait_worker_ready(log_path, offset, args.workers, timeout=WORKER_READY_TIMEOUT_S)
+        try:
+            stack.wait_worker_ready()
+            ready = True
+        except TimeoutError:
+            ready = False
         faults.add(kind, started - t0, time.monotonic() - started, mid_task=busy, stop_s=round(stopped, 2), ready=ready)
     elif kind == "redis-down":
         redis.stop(signal.SIGKILL)
@@ -813,27 +623,23 @@ def run(args: argparse.Namespace) -> dict:
     unknown = set(kinds) - set(FAULT_KINDS)
     if unknown:
         raise SystemExit(f"unknown fault kinds: {', '.join(sorted(unknown))}")
+    from bench.stack import PG_HOST, PG_PORT
+
     workdir = Path(tempfile.mkdtemp(prefix="sketchwatch-soak-"))
-    redis = RedisServer(workdir / "redis")
+    redis = RedisServer(workdir / "redis", port=free_port(REDIS_PORTS))
     redis.start()
-    proxies: dict[int, TcpProxy] = {}
-
-    def proxy_port_for(pg_port: int) -> int:
-        if pg_port not in proxies:
-            proxies[pg_port] = TcpProxy("127.0.0.1", pg_port).start()
-        return proxies[pg_port].port
-
-    stack = make_stack(workdir, redis, proxy_port_for, args)
+    proxy = TcpProxy(PG_HOST, PG_PORT).start()
+    stack = make_stack(redis, proxy, args)
     faults = FaultLog()
     ledger = Ledger()
     result: dict = {}
     try:
         stack.start()
         install_audit(stack.engine)
-        stack.start_beat()
-        if not wait_worker_ready(stack.workdir / "worker.log", 0, args.workers, WORKER_READY_TIMEOUT_S):
-            raise RuntimeError("the worker did not load its model:\n" + stack.log_tail("worker"))
-        proxy = next(iter(proxies.values()))
+        try:
+            stack.wait_worker_ready()
+        except TimeoutError as exc:
+            raise RuntimeError(f"the worker did not load its model: {exc}") from None
         items = load_items(min(args.sketches, 5000))
         rng = random.Random(args.seed)
         order = [kinds[i % len(kinds)] for i in range(args.faults)]
@@ -874,9 +680,8 @@ def run(args: argparse.Namespace) -> dict:
             args.keep_logs.mkdir(parents=True, exist_ok=True)
             for path in stack.workdir.glob("*.log"):
                 shutil.copy(path, args.keep_logs / path.name)
-        stack.stop()
-        for proxy in proxies.values():
-            proxy.close()
+        stack.close()
+        proxy.close()
         redis.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return result

@@ -1,34 +1,32 @@
-"""The production stack for the benchmark: granian web + Celery prefork workers on PostgreSQL and Redis.
+"""The production stack for the benchmark, on the shared harness (``service.stack``), and what the bench measures.
 
 Every run gets a fresh PostgreSQL database (created, migrated, dropped) and a dedicated Redis DB index
-(flushed before and after), so a bench never touches real data and leaves nothing behind. Processes
-are started in their own sessions and stopped by process-group id with bounded waits.
+(flushed before and after), so a bench never touches real data and leaves nothing behind. Starting and
+stopping the processes is the harness's; this module adds the production settings, the database and
+broker figures the phases difference, and the resource sampler.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-import requests
+
+from service import stack as harness
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
 PG_HOST = os.environ.get("SKETCHWATCH_BENCH_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("SKETCHWATCH_BENCH_PG_PORT", "5432"))
 PG_USER = os.environ.get("SKETCHWATCH_BENCH_PG_USER", "postgres")
+PG_ADMIN_URL = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres"
 REDIS_HOST = os.environ.get("SKETCHWATCH_BENCH_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("SKETCHWATCH_BENCH_REDIS_PORT", "6379"))
 # A high index that the test fixtures and a default deployment (DB 0) do not use.
@@ -36,269 +34,87 @@ REDIS_DB = int(os.environ.get("SKETCHWATCH_BENCH_REDIS_DB", "13"))
 DB_PREFIX = "sketchwatch_bench_"
 API_CLIENT = "bench"
 ADMIN_USER = "bench-admin"
-STOP_TIMEOUT_S = 20.0
 READY_TIMEOUT_S = 90.0
 
 
-class StackError(RuntimeError):
-    """The stack could not be started or did not become ready in time."""
-
-
-def wait_until_ready(url: str, proc: subprocess.Popen, timeout_s: float, log_tail) -> None:
-    """Poll ``url``/readyz until it answers 200; StackError if ``proc`` exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StackError(f"web exited with {proc.returncode}:\n{log_tail()}")
-        try:
-            resp = requests.get(url + "/readyz", timeout=2)
-            if resp.status_code == 200:
-                return
-            last = resp.text
-        except requests.RequestException as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise StackError(f"web not ready after {timeout_s:.0f} s ({last}):\n{log_tail()}")
-
-
 @dataclass
-class StackConfig:
-    """How many processes of each kind, and the settings they share."""
+class StackConfig(harness.StackConfig):
+    """How many processes of each kind, and the settings they share (production's, two of each by default)."""
 
     workers: int = 2
     web_workers: int = 2
     web_threads: int = 4
+    web_args: tuple[str, ...] = ("--backlog", "2048")
+    worker_args: tuple[str, ...] = ("--pool", "prefork")
+    # No sweeper: the bench measures the path of a submitted sketch, and nothing is left queued.
+    beat: str | None = None
     tf_threads: int = 1
     worker_batch_size: int | None = None
     redis_db: int = REDIS_DB
-    # Production's default: the per-request and per-task log lines are part of what is measured.
-    log_level: str = "INFO"
-    # The model to serve: SKETCHWATCH_MODEL_DIR as for the service itself, else the shipped one.
-    model_dir: str | None = field(default_factory=lambda: os.environ.get("SKETCHWATCH_MODEL_DIR") or None)
-    env: dict[str, str] = field(default_factory=dict)
+    client: str = API_CLIENT
+    admin: str = ADMIN_USER
+    web_ready_timeout_s: float = READY_TIMEOUT_S
 
 
-def free_port() -> int:
-    """A TCP port that is free right now on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class Stack(harness.Stack):
+    """A running web + worker stack on a fresh database, in a temporary work directory; use as a context manager.
 
+    The worker is not waited for at start: the bench's warm-up phase does that, and reports how long it took.
+    """
 
-def pg_url(dbname: str) -> str:
-    """SQLAlchemy URL of a database on the local PostgreSQL server."""
-    return f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{dbname}"
+    def __init__(self, config: StackConfig | None = None, broker_url: str | None = None) -> None:
+        config = config or StackConfig()
+        super().__init__(
+            Path(tempfile.mkdtemp(prefix="sketchwatch-bench-")),
+            broker_url or f"redis://{REDIS_HOST}:{REDIS_PORT}/{config.redis_db}",
+            config,
+            pg_admin_url=PG_ADMIN_URL,
+            db_prefix=DB_PREFIX,
+            owns_broker=True,
+        )
 
+    def start(self, wait_worker: bool = False) -> Stack:
+        """Create and migrate the database, seed credentials, start web and workers; wait for the web only."""
+        return super().start(wait_worker)
 
-def _admin_connect():
-    import psycopg
-
-    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=5)
-
-
-def create_database() -> str:
-    """Create a fresh, uniquely named database and return its name."""
-    name = f"{DB_PREFIX}{os.getpid()}_{secrets.token_hex(3)}"
-    with _admin_connect() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-def drop_database(name: str) -> None:
-    """Drop a bench database, disconnecting whoever still uses it."""
-    if not name.startswith(DB_PREFIX):
-        raise ValueError(f"refusing to drop {name!r}: not a bench database")
-    with _admin_connect() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def flush_redis(db_index: int) -> None:
-    """Empty the bench's Redis DB index."""
-    import redis
-
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db_index, socket_timeout=5, socket_connect_timeout=2)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
-class Stack:
-    """A running web + worker stack on a fresh database; use as a context manager."""
-
-    def __init__(self, config: StackConfig | None = None) -> None:
-        self.config = config or StackConfig()
-        self.dbname: str | None = None
-        self.database_url = ""
-        self.broker_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{self.config.redis_db}"
-        self.port = 0
-        self.url = ""
-        self.api_key = ""
-        self.admin = (ADMIN_USER, secrets.token_urlsafe(12))
-        self.secret_key = secrets.token_hex(32)
-        self.workdir = Path(tempfile.mkdtemp(prefix="sketchwatch-bench-"))
-        self.web: subprocess.Popen | None = None
-        self.worker: subprocess.Popen | None = None
-        self.engine = None
-        self._logs: list = []
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def __enter__(self) -> Stack:
+    def close(self) -> None:
+        """Stop everything, drop the database, flush Redis, remove the work directory."""
         try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+            super().close()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> Stack:
-        """Create and migrate the database, seed credentials, start web and workers, wait until ready."""
-        from service.core.db import make_engine
-        from service.core.migrate import upgrade
-
-        flush_redis(self.config.redis_db)
-        self.dbname = create_database()
-        self.database_url = pg_url(self.dbname)
-        upgrade(self.database_url)
-        self.engine = make_engine(self.database_url, pool_size=2, max_overflow=2)
-        self._seed_credentials()
-        self.start_web()
-        if self.config.workers > 0:
-            self.start_workers(self.config.workers)
-        return self
-
-    def stop(self) -> None:
-        """Stop every process, drop the database, flush Redis (each step bounded, errors logged)."""
-        self.stop_workers()
-        _stop(self.web, "web")
-        self.web = None
-        if self.engine is not None:
-            self.engine.dispose()
-            self.engine = None
-        for fh in self._logs:
-            fh.close()
-        self._logs.clear()
-        if self.dbname:
-            try:
-                drop_database(self.dbname)
-            except Exception:  # noqa: BLE001 - cleanup must go on; the name is logged for manual removal
-                log.warning("could not drop bench database %s", self.dbname, exc_info=True)
-            self.dbname = None
-        try:
-            flush_redis(self.config.redis_db)
-        except Exception:  # noqa: BLE001
-            log.warning("could not flush Redis DB %d", self.config.redis_db, exc_info=True)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+    def settings_env(self) -> dict[str, str]:
+        """Production settings from SKETCHWATCH_* variables."""
+        env = {
+            "SKETCHWATCH_ENV": "production",
+            "SKETCHWATCH_TF_THREADS": str(self.config.tf_threads),
+            # Production keeps the limiter on, its counters in Redis; the bench raises the budget
+            # above its offered load so that the limiter's cost is measured, not its refusals.
+            "SKETCHWATCH_RATELIMIT_SUBMIT": "1000000 per minute",
+            "SKETCHWATCH_RATELIMIT_STORAGE_URI": self.broker_url,
+        }
+        if self.config.worker_batch_size:
+            env["SKETCHWATCH_WORKER_BATCH_SIZE"] = str(self.config.worker_batch_size)
+        return env
 
     # ------------------------------------------------------------------ processes
 
-    def environment(self) -> dict[str, str]:
-        """Environment of every stack process: production settings from SKETCHWATCH_* variables."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SKETCHWATCH_")}
-        env.update(
-            {
-                "SKETCHWATCH_ENV": "production",
-                "SKETCHWATCH_SECRET_KEY": self.secret_key,
-                "SKETCHWATCH_DATABASE_URL": self.database_url,
-                "SKETCHWATCH_BROKER_URL": self.broker_url,
-                "SKETCHWATCH_DATA_DIR": str(self.workdir / "data"),
-                "SKETCHWATCH_TF_THREADS": str(self.config.tf_threads),
-                "SKETCHWATCH_LOG_LEVEL": self.config.log_level,
-                # Production keeps the limiter on, its counters in Redis; the bench raises the budget
-                # above its offered load so that the limiter's cost is measured, not its refusals.
-                "SKETCHWATCH_RATELIMIT_SUBMIT": "1000000 per minute",
-                "SKETCHWATCH_RATELIMIT_STORAGE_URI": self.broker_url,
-                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                "TF_CPP_MIN_LOG_LEVEL": "2",
-            }
-        )
-        if self.config.model_dir:
-            env["SKETCHWATCH_MODEL_DIR"] = self.config.model_dir
-        if self.config.worker_batch_size:
-            env["SKETCHWATCH_WORKER_BATCH_SIZE"] = str(self.config.worker_batch_size)
-        env.update(self.config.env)
-        return env
-
-    def _log_file(self, name: str):
-        fh = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
-        self._logs.append(fh)
-        return fh
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        """The last lines of a process log (web, worker), for error messages."""
-        path = self.workdir / f"{name}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-    def start_web(self) -> None:
-        """Start granian with the production command line (``sketchwatch serve``) and wait for /readyz."""
-        from service.cli import serve_argv
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = serve_argv("127.0.0.1", self.port, self.config.web_workers, self.config.web_threads, ("--backlog", "2048"))
-        out = self._log_file("web")
-        self.web = subprocess.Popen(cmd, cwd=ROOT, env=self.environment(), stdout=out, stderr=out, start_new_session=True)
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        wait_until_ready(self.url, self.web, READY_TIMEOUT_S, lambda: self.log_tail("web"))
-
     def start_workers(self, n: int) -> None:
-        """Start one Celery worker with ``n`` prefork processes, as ``sketchwatch worker -c n`` does."""
-        from service.cli import worker_argv
-
+        """Start one Celery worker with ``n`` prefork processes (after stopping the running one), as ``sketchwatch worker -c n`` does."""
         self.stop_workers()
-        cmd = worker_argv(n, False, self.config.log_level, self.workdir / "data", ("--pool", "prefork", "-n", f"bench-{n}@%h"))
-        out = self._log_file("worker")
-        self.worker = subprocess.Popen(cmd, cwd=ROOT, env=self.environment(), stdout=out, stderr=out, start_new_session=True)
         self.config.workers = n
+        self.start_worker(wait=False)
 
     def stop_workers(self) -> None:
-        """Warm-stop the Celery worker: running tasks finish, bounded by STOP_TIMEOUT_S, then SIGKILL."""
-        if self.worker is None:
-            return
-        _stop(self.worker, "worker")
-        self.worker = None
-
-    def check_alive(self) -> None:
-        """Raise StackError if the web or the worker process has died."""
-        for name, proc in (("web", self.web), ("worker", self.worker)):
-            if proc is not None and proc.poll() is not None:
-                raise StackError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+        """Warm-stop the Celery worker: running tasks finish, bounded by the harness's stop timeout, then SIGKILL."""
+        self.stop_process("worker")
 
     def process_roles(self) -> dict[str, list[psutil.Process]]:
         """The live processes of each role: 'web' (granian main + workers), 'worker' (Celery main + children)."""
-        out: dict[str, list[psutil.Process]] = {"web": [], "worker": []}
-        for role, proc in (("web", self.web), ("worker", self.worker)):
-            if proc is None or proc.poll() is not None:
-                continue
-            try:
-                root = psutil.Process(proc.pid)
-                out[role] = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-        return out
+        return {"web": self.processes("web"), "worker": self.processes("worker")}
 
-    # ------------------------------------------------------------------ data
-
-    def _seed_credentials(self) -> None:
-        from sqlalchemy.orm import Session
-
-        from service.core.schema import ROLE_ADMIN, ApiKey, User
-        from service.core.security import hash_api_key, hash_password, new_api_key
-
-        self.api_key = new_api_key()
-        with Session(self.engine) as session:
-            session.add(ApiKey(name=API_CLIENT, prefix=self.api_key[:10], key_hash=hash_api_key(self.api_key)))
-            session.add(User(username=self.admin[0], password_hash=hash_password(self.admin[1]), role=ROLE_ADMIN))
-            session.commit()
+    # ------------------------------------------------------------------ figures
 
     def counters(self) -> dict[str, float]:
         """Server-wide totals to difference over a phase: WAL bytes written, Redis commands processed."""
@@ -307,7 +123,7 @@ class Stack:
 
         with self.engine.connect() as conn:
             wal = float(conn.execute(text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")).scalar_one())
-        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=self.config.redis_db, socket_timeout=5)
+        client = redis.Redis.from_url(self.broker_url, socket_timeout=5)
         try:
             cmds = float(client.info("stats")["total_commands_processed"])
         finally:
@@ -340,7 +156,7 @@ class Stack:
 
         started = time.monotonic()
         try:
-            with _admin_connect() as conn:
+            with harness.pg_admin(self.pg_admin_url) as conn:
                 conn.execute("CHECKPOINT")
         except psycopg.Error as exc:  # CHECKPOINT needs a superuser or pg_checkpoint
             log.warning("could not run CHECKPOINT between phases (%s): phases may pay for earlier ones", exc)
@@ -378,29 +194,6 @@ class Stack:
                 return False
             self.check_alive()
             time.sleep(poll)
-
-
-def _stop(proc: subprocess.Popen | None, name: str) -> None:
-    """SIGTERM the process group we started, then SIGKILL it if it outlives the bound."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        log.warning("%s did not stop within %.0f s; killing it", name, STOP_TIMEOUT_S)
-    # Pool children can outlive their parent briefly; the group id reaches them too.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        log.error("%s (pid %d) is still running", name, proc.pid)
 
 
 class ResourceSampler:

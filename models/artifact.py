@@ -1,7 +1,11 @@
 """Model artifacts: a directory with ``model.keras`` (weights + graph) and ``model.json`` (metadata).
 
+This module is the one place that knows where the model lives and how model.json is read:
+``resolve_model_dir`` turns a configured directory (or none) into the artifact directory, and
 ``read_meta`` validates model.json without TensorFlow (the web process uses it); ``load_artifact``
-also loads the Keras model and checks that its weights are the ones model.json describes.
+also loads the Keras model and checks that its weights are the ones model.json describes. An artifact
+may also carry ``model.tflite`` (the same model for LiteRT, written by :mod:`models.export`), which
+model.json records under ``litert`` with its SHA-256 and the weights it was exported from.
 """
 
 from __future__ import annotations
@@ -13,16 +17,20 @@ import math
 import os
 import platform
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from models.autoencoder import coerce_config, custom_objects
-from models.scoring import SCORE_FORMULAS
+from models.formulas import SCORE_FORMULAS
+from models.tf_runtime import configure_tensorflow
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
+# The same model converted for LiteRT by models.export; model.json records it under "litert".
+TFLITE_FILE = "model.tflite"
 SCHEMA_VERSION = 1
 PERCENTILE_KEYS = ("90", "95", "99", "99.5")
 
@@ -34,6 +42,11 @@ class ArtifactError(ValueError):
 def shipped_model_dir() -> Path:
     """Directory of the trained default model shipped inside the package."""
     return Path(__file__).resolve().parent / "shipped"
+
+
+def resolve_model_dir(configured: str | Path | None = None) -> Path:
+    """The configured artifact directory, or the shipped one when none is configured (None or "")."""
+    return Path(configured) if configured else shipped_model_dir()
 
 
 def weights_sha256(model) -> str:
@@ -86,7 +99,41 @@ def validate_meta(meta: Any, path: Path) -> dict[str, Any]:
     for key in PERCENTILE_KEYS:
         _check(_is_number(meta["percentiles"].get(key)), path, f"percentiles[{key!r}] must be a number")
     _check(_is_number(meta.get("suggested_threshold")), path, "field 'suggested_threshold' must be a number")
+    if "litert" in meta:
+        _validate_litert(meta, path)
     return meta
+
+
+def _validate_litert(meta: dict[str, Any], path: Path) -> None:
+    """The ``litert`` record: which model.tflite belongs to these weights, and its measured parity."""
+    record = meta["litert"]
+    _check(isinstance(record, dict), path, "field 'litert' must be a dict")
+    _check(record.get("file") == TFLITE_FILE, path, f"litert.file must be {TFLITE_FILE!r}")
+    _check(isinstance(record.get("sha256"), str) and len(record["sha256"]) == 64, path,
+           "litert.sha256 must be a SHA-256 hex digest")
+    _check(record.get("weights_sha256") == meta["weights_sha256"], path,
+           "litert.weights_sha256 differs from weights_sha256: model.tflite was exported from other weights "
+           "(re-run sketchwatch export)")
+    _check(isinstance(record.get("parity"), dict), path, "field 'litert.parity' must be a dict")
+
+
+def has_tflite(model_dir: str | Path | None = None) -> bool:
+    """True when the artifact directory holds a model.tflite (checked by :func:`check_artifact`)."""
+    return (resolve_model_dir(model_dir) / TFLITE_FILE).is_file()
+
+
+def _check_tflite(path: Path, meta: dict[str, Any]) -> None:
+    """model.tflite must be a TFLite flatbuffer whose SHA-256 model.json records."""
+    tflite = path / TFLITE_FILE
+    _check("litert" in meta, tflite, "model.json has no 'litert' record for this file (re-run sketchwatch export)")
+    try:
+        data = tflite.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{tflite}: cannot read ({exc})") from None
+    # A flatbuffer's file identifier sits at bytes 4..8; TFLite's is "TFL3".
+    _check(data[4:8] == b"TFL3", tflite, "not a TFLite model (no TFL3 identifier)")
+    _check(hashlib.sha256(data).hexdigest() == meta["litert"]["sha256"], tflite,
+           "does not match litert.sha256 in model.json (files from different exports?)")
 
 
 def read_meta(model_dir: str | Path) -> dict[str, Any]:
@@ -102,6 +149,27 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: cannot read ({exc})") from None
     return validate_meta(meta, path)
+
+
+def check_artifact(model_dir: str | Path | None = None) -> Path:
+    """Validate model.json and the model.keras archive of the configured (or shipped) model without TensorFlow.
+
+    Returns the artifact directory; raises ArtifactError naming the file and the problem.
+    """
+    path = resolve_model_dir(model_dir)
+    meta = read_meta(path)
+    if (path / TFLITE_FILE).is_file():
+        _check_tflite(path, meta)
+    keras_file = path / MODEL_FILE
+    _check(keras_file.is_file(), keras_file, "file not found")
+    try:
+        # A .keras file is a zip archive: the CRC check catches truncated or overwritten files cheaply.
+        with zipfile.ZipFile(keras_file) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArtifactError(f"{keras_file}: not a Keras archive ({exc})") from None
+    _check(bad is None, keras_file, f"corrupt archive member {bad!r}")
+    return path
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -148,10 +216,19 @@ def save_artifact(model, meta: dict[str, Any], out_dir: str | Path) -> dict[str,
     return full
 
 
+def save_tflite(content: bytes, meta: dict[str, Any], model_dir: str | Path) -> None:
+    """Add model.tflite to an artifact and write the model.json that records it (``meta`` with its ``litert``)."""
+    out = Path(model_dir)
+    validate_meta(meta, out / META_FILE)
+    _check(meta["litert"]["sha256"] == hashlib.sha256(content).hexdigest(), out / TFLITE_FILE,
+           "content does not match litert.sha256")
+    _atomic_write(out / TFLITE_FILE, lambda p: p.write_bytes(content))
+    text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
+    _atomic_write(out / META_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+
+
 def load_artifact(model_dir: str | Path):
     """Load (model, meta) from an artifact directory; ArtifactError if anything is missing or inconsistent."""
-    from models.scoring import configure_tensorflow
-
     meta = read_meta(model_dir)
     path = Path(model_dir) / MODEL_FILE
     _check(path.is_file(), path, "file not found")

@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-SIDE = 28
+from models.raster import SIDE
 
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
     """Architecture hyper-parameters (stored verbatim in model.json as ``architecture``)."""
 
-    input_size: int = 28
+    input_size: int = SIDE
     down_channels: tuple[int, ...] = (4, 8, 16, 32)
     up_channels: tuple[int, ...] = (32, 16, 8, 4)
     latent_dim: int = 16

@@ -1,11 +1,11 @@
-"""``sketchwatch train`` and ``sketchwatch evaluate`` (click commands; the group lives in service/cli.py).
+"""``sketchwatch train`` and ``sketchwatch evaluate`` (click commands; the ``sketchwatch`` group is service/cli/).
 
+Thin wrappers: options in, tables out. The training pipeline is :func:`models.pipeline.run_training`.
 TensorFlow is imported only when a command runs, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import shlex
 import sys
@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from models.formats import FormatError
+from models.pipeline import SpecError, TrainingSpec, category_labels, run_training
 
-PERCENTILES = {"90": 90.0, "95": 95.0, "99": 99.0, "99.5": 99.5}
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
@@ -37,11 +37,6 @@ def _load(paths: tuple[Path, ...]):
         return load_files(paths)
     except FormatError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _labels(data) -> np.ndarray:
-    """Per-row category: the word when present, else the source file name."""
-    return np.array([w if w is not None else s for w, s in zip(data.words, data.sources)], dtype=object)
 
 
 def _command_line() -> str:
@@ -126,128 +121,42 @@ def _category_table(rows: list[dict[str, Any]], top: int) -> Table:
 @click.option("--threads", default=None, type=click.IntRange(1), help="TensorFlow thread pool size.")
 @click.option("--out", "out_dir", default="model-out", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Artifact directory to write.")
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's own log lines.")
 def train_command(data_files, outlier_files, holdout_categories, cat_holdout, holdout_first, eval_anomalous,
                   eval_normal, epochs, batch_size, patience, val_fraction, seed, latent_dim, input_size,
-                  outlier_weight, augment, noise, learning_rate, threshold_percentile, max_minutes, threads, out_dir):
-    """Train the cat autoencoder (with outlier exposure) and write a model artifact."""
-    from models.autoencoder import AutoencoderConfig
-    from models.datasets import fingerprint, split_categories, split_holdout
+                  outlier_weight, augment, noise, learning_rate, threshold_percentile, max_minutes, threads, out_dir,
+                  verbose):
+    """Train the cat autoencoder (with outlier exposure) and write a model artifact (model.keras and model.tflite)."""
+    from models.quiet import quiet_tensorflow
 
+    quiet_tensorflow(verbose)
     console = _console()
     started = time.monotonic()
-    cats = _load(data_files)
-    if holdout_first > len(cats):
-        raise click.BadParameter(f"only {len(cats)} cats", param_hint="--holdout-first")
-    cat_train, cat_held = split_holdout(len(cats), cat_holdout, seed, holdout_first)
-    outliers = _load(outlier_files) if outlier_files else None
-    eval_sets = {path.name: _load((path,)) for path in eval_anomalous}
-    # Categories of evaluation-only files stay out of training, so those files test unseen categories.
-    eval_categories = {w for data in eval_sets.values() for w in data.words if w is not None}
-    train_categories: list[str] = []
-    held_categories: list[str] = []
-    out_train = out_held = None
-    if outliers is not None:
-        labels = _labels(outliers)
-        try:
-            train_categories, held_categories = split_categories(
-                labels, _parse_holdout(holdout_categories), seed, always_holdout=eval_categories)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--holdout-categories") from None
-        held_mask = np.isin(labels, held_categories)
-        out_train, out_held = outliers.subset(~held_mask), outliers.subset(held_mask)
-        if len(out_train) == 0:
-            raise click.BadParameter("no outlier categories left for training", param_hint="--holdout-categories")
-    console.print(
-        f"cats: {len(cat_train)} train, {len(cat_held)} held out; outliers: "
-        + (f"{len(out_train)} train ({len(train_categories)} categories), {len(out_held)} held out "
-           f"({len(held_categories)} categories)" if outliers is not None else "none")
-    )
+    spec = TrainingSpec(
+        data_files=data_files, outlier_files=outlier_files, holdout_categories=_parse_holdout(holdout_categories),
+        cat_holdout=cat_holdout, holdout_first=holdout_first, eval_anomalous=eval_anomalous, eval_normal=eval_normal,
+        epochs=epochs, batch_size=batch_size, patience=patience, val_fraction=val_fraction, seed=seed,
+        latent_dim=latent_dim, input_size=int(input_size), outlier_weight=outlier_weight, augment=augment,
+        noise=noise, learning_rate=learning_rate, threshold_percentile=threshold_percentile,
+        max_minutes=max_minutes, threads=threads, command=_command_line(),
+    )  # fmt: skip
+    try:
+        meta = run_training(spec, out_dir, report=console.print)
+    except FormatError as exc:
+        raise click.ClickException(str(exc)) from None
+    except SpecError as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.option) from None
+    from models.export import ExportError, export_artifact
 
-    from models.artifact import save_artifact
-    from models.metrics import evaluate_scores
-    from models.scoring import (
-        DEFAULT_FORMULA,
-        SCORE_DEFINITION,
-        configure_tensorflow,
-        score_batch,
-    )
-    from models.train import train_model
-
-    configure_tensorflow(threads)
-    config = AutoencoderConfig(input_size=int(input_size), latent_dim=latent_dim)
-    train_cats = cats.bitmaps[cat_train]
-    train_outliers = out_train.bitmaps if out_train is not None and outlier_weight > 0 else None
-    model, history = train_model(
-        train_cats, train_outliers, epochs=epochs, batch_size=batch_size, seed=seed, val_fraction=val_fraction,
-        patience=patience, progress=True, config=config, outlier_weight=outlier_weight, augment=augment,
-        noise=noise, learning_rate=learning_rate, max_seconds=max_minutes * 60.0, threads=threads,
-    )
-    console.print(f"training: {len(history.loss)} epochs, best {history.best_epoch + 1}, "
-                  f"stopped by {history.stopped}, {history.seconds:.0f}s")
-
-    held_scores, _ = score_batch(model, cats.bitmaps[cat_held])
-    percentiles = {k: float(np.percentile(held_scores, p)) for k, p in PERCENTILES.items()}
-    threshold = percentiles[threshold_percentile]
-    metrics: dict[str, Any] = {}
-    if out_held is not None and len(out_held):
-        s, _ = score_batch(model, out_held.bitmaps)
-        metrics["heldout_categories"] = evaluate_scores(held_scores, s, threshold, _labels(out_held))
-    for name, extra in eval_sets.items():
-        s, _ = score_batch(model, extra.bitmaps)
-        metrics[name] = evaluate_scores(held_scores, s, threshold, _labels(extra))
-    normal_checks = {}
-    for path in eval_normal:
-        extra = _load((path,))
-        s, _ = score_batch(model, extra.bitmaps)
-        # Same distribution as held-out cats means AUROC ~0.5 and ~(100 - percentile)% flagged.
-        check = evaluate_scores(held_scores, s, threshold)
-        normal_checks[path.name] = {"n": len(s), "mean_score": float(s.mean()),
-                                    "mean_score_heldout_cats": float(held_scores.mean()),
-                                    "auroc_vs_heldout_cats": check["auroc"],
-                                    "flagged_fraction": check["recall_at_threshold"]}
-
-    meta = {
-        "architecture": config.to_dict(),
-        "input": {
-            "side": 28, "model_input_size": config.input_size, "padding": config.padding,
-            "scaling": "uint8 / 255 -> float32 in [0, 1], ink high (white on black), zero-padded",
-            "renderer": "models.raster.rasterize_batch (official numpy_bitmap rendering) for strokes",
-        },
-        "score": {"formula": DEFAULT_FORMULA, "definition": SCORE_DEFINITION, "higher_is_more_anomalous": True,
-                  "flag_rule": "score > suggested_threshold"},
-        "percentiles": percentiles,
-        "suggested_threshold": threshold,
-        "threshold_rule": (f"{threshold_percentile}th percentile of the held-out cats' scores: about "
-                           f"{100 - float(threshold_percentile):g}% of cats get flagged"),
-        "trained_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "training": {
-            "command": _command_line(),
-            "seed": seed, "epochs": epochs, "batch_size": batch_size, "patience": patience,
-            "val_fraction": val_fraction, "outlier_weight": outlier_weight, "augment": augment, "noise": noise,
-            "learning_rate": learning_rate, "history": history.to_dict(),
-        },
-        "data": {
-            "cats": {"files": [p.name for p in data_files], "n_total": len(cats), "n_train": len(cat_train),
-                     "sha256_train": fingerprint(train_cats), "n_heldout": len(cat_held),
-                     "sha256_heldout": fingerprint(cats.bitmaps[cat_held]), "heldout_rows": cat_held.tolist(),
-                     "holdout_fraction": cat_holdout, "holdout_first": holdout_first},
-            "outliers": None if outliers is None else {
-                "files": [p.name for p in outlier_files], "n_train": len(out_train),
-                "sha256_train": fingerprint(out_train.bitmaps), "n_heldout": len(out_held),
-                "train_categories": train_categories, "heldout_categories": held_categories,
-                "forced_heldout_categories": sorted(eval_categories & set(held_categories)),
-            },
-            "eval_anomalous": [p.name for p in eval_anomalous],
-            "eval_normal": [p.name for p in eval_normal],
-        },
-        "heldout_cat_score": {"n": int(held_scores.size), "mean": float(held_scores.mean()),
-                              "min": float(held_scores.min()), "max": float(held_scores.max())},
-        "metrics": metrics,
-        "normal_checks": normal_checks,
-    }
-    meta = save_artifact(model, meta, out_dir)
+    try:
+        # The parity check reads the held-out cats from the training files' folder.
+        litert = export_artifact(out_dir, data_dir=data_files[0].parent, verbose=verbose)
+    except ExportError as exc:
+        raise click.ClickException(f"{exc}\nmodel.keras was written; workers will score it with Keras") from None
+    console.print(f"model.tflite: max score diff vs Keras {litert['parity']['max_abs_score_diff']:.1e}")
+    metrics = meta["metrics"]
     console.print(_metrics_table(f"model {meta['version']}: held-out cats vs", metrics) if metrics else "")
-    console.print(f"wrote {out_dir} (threshold {threshold:.4f}) in {time.monotonic() - started:.0f}s")
+    console.print(f"wrote {out_dir} (threshold {meta['suggested_threshold']:.4f}) in {time.monotonic() - started:.0f}s")
 
 
 def _heldout_subsets(meta: dict[str, Any], normal, anomalous):
@@ -262,7 +171,7 @@ def _heldout_subsets(meta: dict[str, Any], normal, anomalous):
         raise click.BadParameter("these are not the files the model was trained on (fingerprint differs)",
                                  param_hint="--normal")
     train_categories = set((meta["data"].get("outliers") or {}).get("train_categories") or [])
-    keep = ~np.isin(_labels(anomalous), list(train_categories))
+    keep = ~np.isin(category_labels(anomalous), list(train_categories))
     if not keep.any():
         raise click.BadParameter("every anomalous row belongs to a training category", param_hint="--anomalous")
     return normal.subset(np.asarray(rows)), anomalous.subset(keep), int((~keep).sum())
@@ -283,38 +192,67 @@ def _heldout_subsets(meta: dict[str, Any], normal, anomalous):
               help="Rows of the per-category table (0 = all).")
 @click.option("--formula", default=None, type=click.Choice(["ink_normalized_sq_error", "ink_ratio_sq_error", "mse"]),
               help="Score formula to evaluate instead of the model's own (for comparisons).")
-@click.option("--threads", default=None, type=click.IntRange(1), help="TensorFlow thread pool size.")
-def evaluate_command(normal_files, anomalous_files, model_dir, heldout_only, as_json, top, formula, threads):
+@click.option("--threads", default=None, type=click.IntRange(1), help="TensorFlow (or LiteRT) thread pool size.")
+@click.option("--runtime", default="keras", show_default=True, type=click.Choice(["keras", "litert", "both"]),
+              help="Score with Keras (TensorFlow) or LiteRT (model.tflite, as the workers do); 'both' runs each "
+                   "and compares them.")
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's own log lines.")
+def evaluate_command(normal_files, anomalous_files, model_dir, heldout_only, as_json, top, formula, threads, runtime,
+                     verbose):
     """Score cats and non-cats with a model and report AUROC, AP, TPR at low FPR and per-category results."""
     from models.artifact import ArtifactError
+    from models.lite import load_scorer
     from models.metrics import evaluate_scores
-    from models.scoring import Scorer
 
-    normal = _load(normal_files)
-    anomalous = _load(anomalous_files)
-    try:
-        scorer = Scorer.load(model_dir, threads=threads)
-    except ArtifactError as exc:
-        raise click.ClickException(str(exc)) from None
-    if formula is not None:
-        scorer.formula = formula
-    dropped = 0
-    if heldout_only:
-        normal, anomalous, dropped = _heldout_subsets(scorer.meta, normal, anomalous)
-    normal_scores, _ = scorer.score_bitmaps(normal.bitmaps)
-    anomalous_scores, _ = scorer.score_bitmaps(anomalous.bitmaps)
-    has_labels = any(w is not None for w in anomalous.words)
-    result = evaluate_scores(normal_scores, anomalous_scores, scorer.suggested_threshold,
-                             _labels(anomalous) if has_labels else None)
-    result["model_version"] = scorer.version
-    result["score_formula"] = scorer.formula
-    if heldout_only:
-        result["dropped_training_category_rows"] = dropped
+    normal_all = _load(normal_files)
+    anomalous_all = _load(anomalous_files)
+    runtimes = ["keras", "litert"] if runtime == "both" else [runtime]
+    if "keras" in runtimes:
+        from models.quiet import quiet_tensorflow
+
+        quiet_tensorflow(verbose)
+    results, all_scores = {}, {}
+    for name in runtimes:
+        try:
+            scorer = load_scorer(model_dir, name, threads)
+        except ArtifactError as exc:
+            raise click.ClickException(str(exc)) from None
+        if formula is not None:
+            scorer.formula = formula
+        normal, anomalous, dropped = normal_all, anomalous_all, 0
+        if heldout_only:
+            normal, anomalous, dropped = _heldout_subsets(scorer.meta, normal_all, anomalous_all)
+        started = time.perf_counter()
+        normal_scores, _ = scorer.score_bitmaps(normal.bitmaps)
+        anomalous_scores, _ = scorer.score_bitmaps(anomalous.bitmaps)
+        seconds = time.perf_counter() - started
+        all_scores[name] = np.concatenate([normal_scores, anomalous_scores])
+        has_labels = any(w is not None for w in anomalous.words)
+        result = evaluate_scores(normal_scores, anomalous_scores, scorer.suggested_threshold,
+                                 category_labels(anomalous) if has_labels else None)
+        result["model_version"] = scorer.version
+        result["score_formula"] = scorer.formula
+        result["runtime"] = name
+        result["scoring_seconds"] = seconds
+        if heldout_only:
+            result["dropped_training_category_rows"] = dropped
+        results[name] = result
+    result = results[runtimes[0]]
+    if runtime == "both":
+        result["runtimes"] = {name: {k: r[k] for k in ("auroc", "average_precision", "tpr_at_fpr_1", "tpr_at_fpr_5",
+                                                       "scoring_seconds")} for name, r in results.items()}
+        result["runtimes"]["max_abs_score_diff"] = float(np.max(np.abs(all_scores["keras"] - all_scores["litert"])))
     if as_json:
         click.echo(json.dumps(result))
         return
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-    console.print(f"model {scorer.version}, threshold {scorer.suggested_threshold:.4f} (flag when score > threshold)")
+    console.print(f"model {scorer.version}, threshold {scorer.suggested_threshold:.4f} (flag when score > threshold), "
+                  f"runtime {runtimes[0]}")
+    if runtime == "both":
+        k, lt = results["keras"], results["litert"]
+        console.print(f"AUROC keras {k['auroc']:.4f}, litert {lt['auroc']:.4f}; max score diff "
+                      f"{result['runtimes']['max_abs_score_diff']:.1e}; scoring {len(all_scores['keras']):,} sketches "
+                      f"took {k['scoring_seconds']:.2f} s (keras), {lt['scoring_seconds']:.2f} s (litert)")
     console.print(_metrics_table("cats vs non-cats", {"all": result}))
     if result["per_category"]:
         console.print(_category_table(result["per_category"], top))

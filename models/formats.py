@@ -30,8 +30,8 @@ import numpy as np
 import orjson
 
 from models.normalize import normalize_raw
+from models.raster import SIDE
 
-SIDE = 28
 SIMPLIFIED = "simplified"
 RAW = "raw"
 FORMATS = (SIMPLIFIED, RAW)

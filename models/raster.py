@@ -41,6 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit
 
+# Side of a Quick Draw bitmap in pixels; every module that needs it imports it from here.
 SIDE = 28
 ORIGINAL_SIDE = 256.0
 LINE_DIAMETER = 16.0

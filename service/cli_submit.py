@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import islice
@@ -16,16 +15,16 @@ import click
 import numpy as np
 import orjson
 
+from service.client import RETRY_STATUSES, RetryPolicy, SubmitClient, post_with_retries
+
 DEFAULT_URL = "http://127.0.0.1:8000"
-SUBMIT_PATH = "/api/v1/sketches"
 ENV_API_KEY = "SKETCHWATCH_API_KEY"
 ENV_SHARED_DIR = "SKETCHWATCH_SHARED_DIR"
 QUICKDRAW_SUBDIR = Path("data") / "quickdraw"
 REQUEST_TIMEOUT_S = 60
-MAX_ATTEMPTS = 4
-MAX_BACKOFF_S = 10.0
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
 SHOWN_PROBLEMS = 20
+# Four attempts, 0.5 s, 1 s and 2 s apart (or what Retry-After asks, at most 10 s).
+RETRY_POLICY = RetryPolicy(max_attempts=4, first_delay_s=0.5, backoff=2.0, max_delay_s=10.0)
 
 
 class FatalError(click.ClickException):
@@ -67,28 +66,18 @@ class Summary:
 
 
 class Submitter:
-    """Posts JSON batches and images from a thread pool, one requests.Session per thread."""
+    """Posts JSON batches and images from a thread pool through one SubmitClient (a session per thread)."""
 
     def __init__(self, url: str, api_key: str, concurrency: int, progress) -> None:
-        self.endpoint = url.rstrip("/") + SUBMIT_PATH
         self.url = url
-        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.client = SubmitClient(url, api_key, timeout_s=REQUEST_TIMEOUT_S)
         self.summary = Summary()
         self.progress = progress
         self.fatal: FatalError | None = None
-        self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="submit")
         self._pending: set[Future] = set()
         # Bounded in-flight work: files are streamed, never loaded whole.
         self._max_pending = 2 * concurrency
-
-    def _session(self):
-        import requests
-
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
 
     def submit_batch(self, items: list[dict], sources: list[Source]) -> None:
         """Queue one JSON batch for sending."""
@@ -99,6 +88,7 @@ class Submitter:
         self._schedule(self._send_image, data, filename, source)
 
     def _schedule(self, fn, *args) -> None:
+        """Hand one send to the pool, first waiting while too many are in flight."""
         if self.fatal:
             raise self.fatal
         while len(self._pending) >= self._max_pending:
@@ -116,63 +106,57 @@ class Submitter:
                 fut.result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self.client.close()
         if self.fatal:
             raise self.fatal
 
-    def _post(self, retry_read_timeout: bool, content_type: str | None = None, **kwargs):
+    def _post(self, retry_read_timeout: bool, **request):
         """POST with retries on 429/5xx (honouring Retry-After) and on connection failures.
 
-        Returns the final response, or a string saying why there is none.
+        Returns the final Answer, or a string saying why there is none.
         """
-        import requests
 
-        headers = dict(self.headers)
-        if content_type:
-            headers["Content-Type"] = content_type
-        delay = 0.5
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            if self.fatal:
-                return "cancelled"
-            try:
-                resp = self._session().post(self.endpoint, headers=headers, timeout=REQUEST_TIMEOUT_S, **kwargs)
-            except (requests.ConnectionError, requests.Timeout) as exc:
+        def settled(answer) -> bool:
+            if answer.status == 0:
                 # A read timeout may mean the server stored the items: only retry when that is idempotent.
-                resend_safe = retry_read_timeout or not isinstance(exc, requests.ReadTimeout)
-                if attempt == MAX_ATTEMPTS or not resend_safe:
-                    if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ReadTimeout):
-                        self.fatal = FatalError(f"cannot reach SketchWatch at {self.url}: {exc}")
-                    return f"no answer after {attempt} attempt(s): {type(exc).__name__}"
-            else:
-                if resp.status_code in (401, 403):
-                    self.fatal = FatalError(f"API key rejected by {self.url} ({resp.status_code}): {_message(resp)}")
-                    return "API key rejected"
-                if resp.status_code not in RETRY_STATUSES or attempt == MAX_ATTEMPTS:
-                    return resp
-                delay = _retry_after(resp, delay)
-            time.sleep(min(delay, MAX_BACKOFF_S))
-            delay *= 2
-        raise AssertionError("unreachable")
+                return answer.timed_out and not retry_read_timeout
+            return answer.status not in RETRY_STATUSES
+
+        answer = post_with_retries(self.client, RETRY_POLICY, settled, cancelled=lambda: self.fatal is not None, **request)
+        if answer is None:
+            return "cancelled"
+        if answer.status == 0:
+            if answer.unreachable:
+                self.fatal = FatalError(f"cannot reach SketchWatch at {self.url}: {answer.error}")
+            return f"no answer after {answer.attempt} attempt(s): {type(answer.error).__name__}"
+        if answer.status in (401, 403):
+            self.fatal = FatalError(f"API key rejected by {self.url} ({answer.status}): {answer.message()}")
+            return "API key rejected"
+        return answer
 
     def _send_batch(self, items: list[dict], sources: list[Source]) -> None:
+        """Send one JSON batch (re-sendable after a timeout when every item has a client_ref) and record it."""
         idempotent = all(item.get("client_ref") for item in items)
-        resp = self._post(idempotent, data=orjson.dumps(items), content_type="application/json")
-        self._record(resp, sources)
+        answer = self._post(idempotent, data=orjson.dumps(items), content_type="application/json")
+        self._record(answer, sources)
 
     def _send_image(self, data: bytes, filename: str, source: Source) -> None:
+        """Upload one image and record the answer."""
         mimetype = "image/jpeg" if filename.lower().endswith((".jpg", ".jpeg")) else "image/png"
-        resp = self._post(False, files={"image": (filename, data, mimetype)})
-        self._record(resp, [source], single=True)
+        answer = self._post(False, files={"image": (filename, data, mimetype)})
+        self._record(answer, [source], single=True)
 
-    def _record(self, resp, sources: list[Source], single: bool = False) -> None:
+    def _record(self, answer, sources: list[Source], single: bool = False) -> None:
+        """Count one request's outcome in the summary (an Answer, or the reason there was none)."""
         s = self.summary
         with s.lock:
-            if isinstance(resp, str):
+            if isinstance(answer, str):
                 s.failed += len(sources)
                 if not self.fatal:
-                    s.problem(f"{sources[0]}{' and following' if len(sources) > 1 else ''}: request failed: {resp}")
+                    s.problem(f"{sources[0]}{' and following' if len(sources) > 1 else ''}: request failed: {answer}")
             else:
-                body = _json(resp)
-                if single and resp.status_code in (200, 202):
+                body = answer.json()
+                if single and answer.status in (200, 202):
                     s.accepted += 1
                     s.duplicates += bool(body.get("duplicate"))
                 elif isinstance(body.get("items"), list):
@@ -180,13 +164,14 @@ class Submitter:
                         self._record_item(item, sources)
                 else:
                     # The whole request was refused (too large, too many items, server error...).
-                    counter = "rejected" if 400 <= resp.status_code < 500 else "failed"
+                    counter = "rejected" if 400 <= answer.status < 500 else "failed"
                     setattr(s, counter, getattr(s, counter) + len(sources))
                     s.problem(f"{sources[0]}{' and following' if len(sources) > 1 else ''}: "
-                              f"HTTP {resp.status_code}: {_message(resp)}")
+                              f"HTTP {answer.status}: {answer.message()}")
         self.progress.update(len(sources))
 
     def _record_item(self, item: dict, sources: list[Source]) -> None:
+        """Count one item of a batch answer: accepted (maybe a duplicate) or rejected with its field."""
         s = self.summary
         if "error" in item:
             s.rejected += 1
@@ -196,28 +181,6 @@ class Submitter:
         else:
             s.accepted += 1
             s.duplicates += bool(item.get("duplicate"))
-
-
-def _json(resp) -> dict:
-    try:
-        body = resp.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _message(resp) -> str:
-    err = _json(resp).get("error")
-    if isinstance(err, dict):
-        return f"{err.get('field')}: {err.get('message')}" if err.get("field") else str(err.get("message"))
-    return (resp.text or resp.reason or "").strip()[:200]
-
-
-def _retry_after(resp, default: float) -> float:
-    try:
-        return max(float(resp.headers.get("Retry-After", default)), 0.1)
-    except ValueError:
-        return default
 
 
 # --------------------------------------------------------------------------- reading files

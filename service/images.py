@@ -8,7 +8,8 @@ import io
 import numpy as np
 from PIL import Image
 
-SIDE = 28
+from models.raster import SIDE
+
 NBYTES = SIDE * SIDE
 MIN_SCALE, MAX_SCALE = 1, 16
 # Gap between the drawing and its reconstruction in a stacked pair, in 28x28 pixels.

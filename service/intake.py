@@ -10,33 +10,29 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from flask import current_app
 from pydantic import ValidationError
-from sqlalchemy import Connection, DateTime, Engine, bindparam, insert, select, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from models.formats import FormatError, read_image
 from models.normalize import normalize_raw
-from service.core.db import json_dumps
+from models.raster import SIDE
+from service.core import sketches
+from service.core.settings import Settings
+from service.core.validation import ImageFields, InputError, SketchIn, check_drawing, first_error
 from service.extensions import db
 from service.queue import enqueue_scoring
-from service.core.schema import STATUS_QUEUED, Sketch, utcnow
-from service.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SIDE = 28
-# A unique-constraint race resolves on the next attempt; more than this means something else is wrong.
+# A pooled connection found dead is replaced this many times before the error is the caller's.
 MAX_STORE_ATTEMPTS = 5
-# Bounded IN lists stay far below every database's bound-parameter limit.
-LOOKUP_CHUNK = 500
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
-_SKETCHES = Sketch.__table__
 
 
 @dataclass
@@ -57,12 +53,9 @@ def _settings(settings: Settings | None) -> Settings:
 
 def prepare_item(item: Any, settings: Settings) -> dict:
     """Validate one submitted sketch and return the column values to store; raises InputError."""
-    # Imported here: service.api loads its route modules, and some of them import this module.
-    from service.api.schemas import InputError, SketchIn, check_drawing, first_error
-
     if not isinstance(item, dict):
         raise InputError("body", "expected a JSON object with a 'drawing'")
-    _check_size_early(item.get("drawing"), settings, InputError)
+    _check_size_early(item.get("drawing"), settings)
     try:
         sketch = SketchIn.model_validate(item)
     except ValidationError as exc:
@@ -83,15 +76,15 @@ def prepare_item(item: Any, settings: Settings) -> dict:
     }
 
 
-def _check_size_early(drawing: Any, settings: Settings, error: type[Exception]) -> None:
+def _check_size_early(drawing: Any, settings: Settings) -> None:
     """Refuse oversized drawings before validating every point (10^6 points cost 0.7 s otherwise)."""
     if not isinstance(drawing, list):
         return
     if len(drawing) > settings.max_strokes:
-        raise error("drawing", f"{len(drawing)} strokes; the limit is {settings.max_strokes}")
+        raise InputError("drawing", f"{len(drawing)} strokes; the limit is {settings.max_strokes}")
     points = sum(len(s[0]) for s in drawing if isinstance(s, list) and s and isinstance(s[0], list))
     if points > settings.max_points:
-        raise error("drawing", f"{points} points; the limit is {settings.max_points}")
+        raise InputError("drawing", f"{points} points; the limit is {settings.max_points}")
 
 
 def _int_strokes(strokes: list[np.ndarray]) -> list[list[list[int]]]:
@@ -104,8 +97,6 @@ def _int_strokes(strokes: list[np.ndarray]) -> list[list[list[int]]]:
 
 def accept(client: str, items: list, settings: Settings | None = None) -> IntakeResult:
     """Validate, store the good items as queued in one transaction, commit, then enqueue their ids."""
-    from service.api.schemas import InputError
-
     settings = _settings(settings)
     result = IntakeResult()
     rows: list[tuple[int, dict]] = []
@@ -125,8 +116,6 @@ def accept_image(
     settings: Settings | None = None,
 ) -> IntakeResult:
     """Store a PNG/JPEG upload as a 28x28 input bitmap (``source_format="image"``) and enqueue it."""
-    from service.api.schemas import ImageFields, InputError, first_error
-
     settings = _settings(settings)
     result = IntakeResult()
     try:
@@ -152,8 +141,6 @@ def accept_image(
 
 def image_to_bitmap(data: bytes, max_pixels: int) -> np.ndarray:
     """PNG/JPEG bytes -> (28, 28) uint8, white ink on black; raises InputError naming ``image``."""
-    from service.api.schemas import InputError
-
     if not data:
         raise InputError("image", "empty file")
     if not (data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC)):
@@ -220,149 +207,6 @@ def _store_committed(engine: Engine, client: str, rows: list[tuple[int, dict]]) 
         # The batch is one INSERT statement, atomic on its own: in autocommit it commits in its own round
         # trip instead of needing a second one for COMMIT. Everything after it only reads.
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            return _store_once(conn, client, rows)
+            return sketches.insert_queued(conn, client, rows)
     with engine.begin() as conn:
-        return _store_once(conn, client, rows)
-
-
-def existing_ids(conn: Connection, client: str, refs: Iterable[str]) -> dict[str, int]:
-    """Ids already stored for these client_refs of ``client``."""
-    refs = sorted(set(refs))
-    found: dict[str, int] = {}
-    for start in range(0, len(refs), LOOKUP_CHUNK):
-        chunk = refs[start : start + LOOKUP_CHUNK]
-        stmt = select(Sketch.client_ref, Sketch.id).where(Sketch.client == client, Sketch.client_ref.in_(chunk))
-        found.update({ref: sketch_id for ref, sketch_id in conn.execute(stmt)})
-    return found
-
-
-def _store_once(conn: Connection, client: str, rows: list[tuple[int, dict]]) -> list[tuple[int, int, bool]]:
-    """Insert the batch in one statement (two on SQLite); look up only the client_refs that conflicted."""
-    now = utcnow()
-    by_ref: dict[str, dict] = {}  # first row per client_ref; later ones in the batch are repeats
-    values: list[dict] = []
-    for _, row in rows:
-        ref = row["client_ref"]
-        if ref is None:
-            values.append(_row_values(client, row, now))
-        elif ref not in by_ref:
-            by_ref[ref] = _row_values(client, row, now)
-            values.append(by_ref[ref])
-    anonymous_ids, fresh = _insert_rows(conn, values)
-    known = _resolve_conflicts(conn, client, by_ref, fresh)
-    accepted: list[tuple[int, int, bool]] = []
-    next_anonymous = iter(anonymous_ids)
-    first_seen: set[str] = set()
-    for index, row in rows:
-        ref = row["client_ref"]
-        if ref is None:
-            accepted.append((index, next(next_anonymous), False))
-        elif ref in known:
-            accepted.append((index, known[ref], True))
-        else:
-            # A repeat of a client_ref inside this batch points at the first one and is a duplicate.
-            accepted.append((index, fresh[ref], ref in first_seen))
-            first_seen.add(ref)
-    return accepted
-
-
-def _resolve_conflicts(conn: Connection, client: str, by_ref: dict[str, dict], fresh: dict[str, int]) -> dict[str, int]:
-    """Ids of the stored rows our skipped client_refs conflicted with; ``fresh`` gains any re-inserted row.
-
-    A conflicting row can vanish between our INSERT and the lookup (a concurrent transaction rolled back,
-    or a purge). Only those refs are inserted again, so rows already committed (autocommit) are never
-    inserted twice.
-    """
-    known: dict[str, int] = {}
-    pending = [ref for ref in by_ref if ref not in fresh]
-    for attempt in range(1, MAX_STORE_ATTEMPTS + 1):
-        if not pending:
-            return known
-        known.update(existing_ids(conn, client, pending))
-        pending = [ref for ref in pending if ref not in known]
-        if not pending:
-            return known
-        log.info("client_ref race for client %s; inserting %d again (attempt %d)", client, len(pending), attempt)
-        _, again = _insert_rows(conn, [by_ref[ref] for ref in pending])
-        fresh.update(again)
-        pending = [ref for ref in pending if ref not in again]
-    if pending:
-        raise RuntimeError(f"client_ref conflicts for client {client!r} did not resolve")
-    return known
-
-
-def _insert_rows(conn: Connection, values: list[dict]) -> tuple[list[int], dict[str, int]]:
-    """Insert queued rows (one client, one timestamp), skipping (client, client_ref) pairs already stored.
-
-    Returns the ids of the rows without a client_ref, in order, and client_ref -> id for the new rows with one.
-    """
-    if conn.dialect.name == "postgresql":
-        return _insert_rows_pg(conn, values)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    anonymous = [v for v in values if v["client_ref"] is None]
-    with_ref = [v for v in values if v["client_ref"] is not None]
-    ids: list[int] = []
-    fresh: dict[str, int] = {}
-    if anonymous:
-        stmt = insert(_SKETCHES).returning(_SKETCHES.c.id, sort_by_parameter_order=True)
-        ids = list(conn.execute(stmt, anonymous).scalars())
-    if with_ref:
-        stmt = (
-            sqlite_insert(_SKETCHES)
-            .on_conflict_do_nothing(index_elements=[_SKETCHES.c.client, _SKETCHES.c.client_ref])
-            .returning(_SKETCHES.c.client_ref, _SKETCHES.c.id)
-        )
-        fresh = {ref: sketch_id for ref, sketch_id in conn.execute(stmt, with_ref)}
-    return ids, fresh
-
-
-# One short statement whatever the batch size: psycopg and PostgreSQL parse it once, where a multi-row
-# VALUES list of 10 parameters per row cost the web process a fifth of its CPU per sketch to build and convert.
-# ORDER BY the ordinality makes the serial ids follow the input order (as SQLAlchemy's own sorted
-# insertmanyvalues relies on), so the rows without a client_ref map back by sorting their ids.
-_INSERT_PG = text(
-    f"""
-    INSERT INTO sketches (client, client_ref, submitted_at, enqueued_at, source_format, drawing, metadata,
-                          input_bitmap, status, attempts)
-    SELECT :client, v.ref, :now, :now, v.fmt, CAST(v.drawing AS json), CAST(v.meta AS json), v.bitmap,
-           '{STATUS_QUEUED}', 0
-    FROM unnest(CAST(:refs AS text[]), CAST(:fmts AS text[]), CAST(:drawings AS text[]), CAST(:metas AS text[]),
-                CAST(:bitmaps AS bytea[])) WITH ORDINALITY AS v(ref, fmt, drawing, meta, bitmap, n)
-    ORDER BY v.n
-    ON CONFLICT (client, client_ref) DO NOTHING
-    RETURNING id, client_ref
-    """
-).bindparams(bindparam("now", type_=DateTime(timezone=True)))
-
-
-def _insert_rows_pg(conn: Connection, values: list[dict]) -> tuple[list[int], dict[str, int]]:
-    params = {
-        "client": values[0]["client"],
-        "now": values[0]["submitted_at"],
-        "refs": [v["client_ref"] for v in values],
-        "fmts": [v["source_format"] for v in values],
-        "drawings": [None if v["drawing"] is None else json_dumps(v["drawing"]) for v in values],
-        "metas": [None if v["metadata"] is None else json_dumps(v["metadata"]) for v in values],
-        "bitmaps": [v["input_bitmap"] for v in values],
-    }
-    returned = conn.execute(_INSERT_PG, params).all()
-    ids = sorted(sketch_id for sketch_id, ref in returned if ref is None)
-    return ids, {ref: sketch_id for sketch_id, ref in returned if ref is not None}
-
-
-def _row_values(client: str, row: dict, now: datetime) -> dict:
-    # Keys are column names (Core INSERT). enqueued_at is stamped here, not after the send: one row version
-    # less per sketch; a failed send clears it.
-    return {
-        "client": client,
-        "client_ref": row["client_ref"],
-        "submitted_at": now,
-        "enqueued_at": now,
-        "source_format": row["source_format"],
-        "drawing": row["drawing"],
-        "metadata": row["meta"],  # the column's name (the ORM attribute is ``meta``)
-        "input_bitmap": row.get("input_bitmap"),
-        "status": STATUS_QUEUED,
-        "attempts": 0,
-    }
+        return sketches.insert_queued(conn, client, rows)

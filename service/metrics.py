@@ -28,6 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 from sqlalchemy import case, extract, func, literal, select, text, true
 from sqlalchemy.engine import Engine
 
+from service.core.celery_app import QUEUE
 from service.core.schema import STATUS_FAILED, STATUS_QUEUED, STATUS_SCORED, Sketch, utcnow
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def read_redis_depth(broker_url: str, queue: str) -> tuple[int, int]:
 class PipelineCollector:
     """A prometheus_client collector reading pipeline figures at scrape time, cached for ``cache_s``."""
 
-    def __init__(self, engine_getter, broker_url: str | None = None, queue: str = "sketchwatch", cache_s: float = CACHE_S):
+    def __init__(self, engine_getter, broker_url: str | None = None, queue: str = QUEUE, cache_s: float = CACHE_S):
         self._engine_getter = engine_getter
         self._broker_url = broker_url if broker_url and broker_url.startswith(("redis://", "rediss://")) else None
         self._queue = queue
@@ -269,7 +270,7 @@ class RequestMetrics:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def build_registry(engine_getter, broker_url: str | None, queue: str = "sketchwatch", cache_s: float = CACHE_S):
+def build_registry(engine_getter, broker_url: str | None, queue: str = QUEUE, cache_s: float = CACHE_S):
     """A fresh registry with the pipeline collector, request metrics and process metrics."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(PipelineCollector(engine_getter, broker_url, queue, cache_s))
@@ -280,7 +281,6 @@ def build_registry(engine_getter, broker_url: str | None, queue: str = "sketchwa
 def init_app(app: Flask, settings=None, cache_s: float = CACHE_S) -> CollectorRegistry:
     """Serve ``/metrics`` on ``app`` and count its requests; one registry per app (tests build many apps)."""
     from service.extensions import db
-    from worker.app import QUEUE
 
     if settings is None:
         from service.extensions import app_settings

@@ -18,10 +18,9 @@ import time
 from collections.abc import Callable
 
 from flask import current_app
-from sqlalchemy import update
 
-from service.core.schema import STATUS_QUEUED, Sketch
-from worker.app import SCORE_TASK
+from service.core import sketches
+from service.core.celery_app import SCORE_TASK, make_celery, prepare_broker
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +33,8 @@ RETRY_POLICY = {"max_retries": 2, "interval_start": 0.05, "interval_step": 0.2, 
 def init_app(app, settings) -> None:
     """Attach a producer-side Celery app and this process's coalescing enqueuer to the Flask app."""
     from service.extensions import db
-    from worker.app import make_celery
 
+    prepare_broker(settings)
     celery = app.extensions["celery"] = make_celery(settings)
     app.extensions[EXTENSION] = Enqueuer(
         send=lambda ids: send_scoring_task(celery, ids),
@@ -56,11 +55,7 @@ def mark_unsent(engine, ids: list[int]) -> None:
         return
     try:
         with engine.begin() as conn:
-            conn.execute(
-                update(Sketch)
-                .where(Sketch.id.in_(ids), Sketch.status == STATUS_QUEUED)
-                .values(enqueued_at=None)
-            )
+            sketches.mark_unsent(conn, ids)
     except Exception:  # noqa: BLE001 - the sweeper re-sends them either way; the mark is only for metrics
         log.warning("could not mark %d unsent sketches", len(ids), exc_info=True)
 

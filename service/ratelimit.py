@@ -20,9 +20,9 @@ from flask import Flask, current_app, g, request
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import TooManyRequests
 
+from service.api.auth_key import presented_key_hash
 from service.api_budget import KeyBudget
 from service.extensions import limiter
-from service.core.security import hash_api_key
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +36,11 @@ BUDGET_EXTENSION = "sketchwatch_api_budget"
 STORAGE_OPTIONS = {"socket_timeout": 1, "socket_connect_timeout": 1}
 
 
-def presented_api_key() -> str | None:
-    """The API key sent with this request (``Authorization: Bearer`` or ``X-API-Key``), if any."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.headers.get("X-API-Key") or None
-
-
 def api_key_or_address() -> str:
     """Limit key: the SHA-256 of the presented API key, else the client address."""
-    key = presented_api_key()
-    if key:
-        return "key:" + hash_api_key(key)[:DIGEST_CHARS]
+    key_hash = presented_key_hash()
+    if key_hash:
+        return "key:" + key_hash[:DIGEST_CHARS]
     return "ip:" + (get_remote_address() or "unknown")
 
 

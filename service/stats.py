@@ -8,31 +8,39 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Float, and_, case, cast, func, literal, select, true, union_all
+from sqlalchemy import Float, and_, case, cast, false, func, literal, select, true, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
-from service.core.schema import STATUS_FAILED, STATUS_QUEUED, STATUS_SCORED, VERDICT_ANOMALY, VERDICT_CAT, Sketch
+from service.core.schema import STATUS_FAILED, STATUS_QUEUED, STATUS_SCORED, VERDICT_ANOMALY, VERDICT_CAT, Review, Sketch
 
 DEFAULT_BINS = 40
 MAX_BINS = 200
+# Every score formula of models.scoring lies in [0, 1] (0 = perfect reconstruction, 1 = erased drawing).
+SCORE_RANGE = (0.0, 1.0)
+# The window of the per-reviewer "recent" counts.
+RECENT = timedelta(days=1)
 # "verdict IN (...)" rather than "IS NOT NULL": both engines answer equality lists from the verdict index.
 _REVIEWED = Sketch.verdict.in_((VERDICT_ANOMALY, VERDICT_CAT))
 
 
 @dataclass(frozen=True)
 class StatsFilter:
-    """Which stored sketches a statistic covers: a submission time window and a model version."""
+    """Which stored sketches a statistic covers: a submission time window, a model version and a client.
+
+    ``client`` None means every client (the dashboard's view); an API key's statistics name its client.
+    """
 
     since: datetime | None = None
     until: datetime | None = None
     model_version: str | None = None
+    client: str | None = None
 
     def __post_init__(self) -> None:
         # Stored times are UTC; naive inputs are taken as UTC so SQLite's text comparison is right.
@@ -63,6 +71,9 @@ class StatsFilter:
         if self.model_version is not None:
             mv = Sketch.model_version if index_model else Unindexed(Sketch.model_version)
             out.append(mv == self.model_version)
+        if self.client is not None:
+            # Always indexable: (client, score) and (client, submitted_at) hold one client's rows only.
+            out.append(Sketch.client == self.client)
         return out
 
     def residual(self) -> list[ColumnElement[bool]]:
@@ -150,8 +161,10 @@ class Histogram:
         return out
 
 
-def score_range(session: Session, model_version: str | None = None) -> tuple[float, float] | None:
-    """(min, max) stored score, per model version when given; None when nothing is scored.
+def score_range(
+    session: Session, model_version: str | None = None, client: str | None = None
+) -> tuple[float, float] | None:
+    """(min, max) stored score, per model version and client when given; None when nothing is scored.
 
     Two scalar subqueries rather than one ``SELECT min(), max()`` because SQLite only answers a
     lone min() or max() from the index.
@@ -159,6 +172,8 @@ def score_range(session: Session, model_version: str | None = None) -> tuple[flo
     where = [Sketch.score.is_not(None)]
     if model_version is not None:
         where.append(Sketch.model_version == model_version)
+    if client is not None:
+        where.append(Sketch.client == client)
     lo = select(func.min(Sketch.score)).where(*where).scalar_subquery()
     hi = select(func.max(Sketch.score)).where(*where).scalar_subquery()
     row = session.execute(select(lo, hi)).one()
@@ -194,13 +209,13 @@ def histogram(
 ) -> Histogram:
     """Histogram of stored scores with fixed edges over [lo, hi] (default: the stored score range).
 
-    The default range spans the selected model version's scores regardless of the time window, so
-    windows are drawn on the same axis. Bins are half-open except the last, as in numpy.
+    The default range spans the selected model version's (and client's) scores regardless of the time
+    window, so windows are drawn on the same axis. Bins are half-open except the last, as in numpy.
     """
     flt = flt or StatsFilter()
     check_bins(bins)
     if lo is None or hi is None:
-        stored = score_range(session, flt.model_version)
+        stored = score_range(session, flt.model_version, flt.client)
         if stored is None and lo is None and hi is None:
             return Histogram(edges=bin_edges(0.0, 1.0, bins), counts=[0] * bins, empty=True)
         stored = stored or (0.0, 1.0)
@@ -209,7 +224,8 @@ def histogram(
     edges = bin_edges(float(lo), float(hi), bins)
     if not flt.has_window:
         counts = _counts_by_range(session, flt, edges)
-    elif _window_share(session, flt) > COMPLEMENT_ABOVE:
+    # One client's window is always read through (client, submitted_at): that index holds only its rows.
+    elif flt.client is None and _window_share(session, flt) > COMPLEMENT_ABOVE:
         counts = _counts_by_complement(session, flt, edges)
     else:
         counts = _counts_by_bucket(session, flt, edges)
@@ -333,7 +349,7 @@ def _count_windowed(session: Session, term: ColumnElement[bool], flt: StatsFilte
     For ``flagged`` on PostgreSQL the partial index (submitted_at) INCLUDE (model_version) WHERE flagged
     holds both residual columns, so those checks do not read table rows (bar pages not yet all-visible).
     """
-    if not flt.has_window or _window_share(session, flt) <= COMPLEMENT_ABOVE:
+    if flt.client is not None or not flt.has_window or _window_share(session, flt) <= COMPLEMENT_ABOVE:
         return _count(session, term, *flt.residual())
     every = StatsFilter(model_version=flt.model_version)
     total = _count(session, term, *every.residual())
@@ -558,6 +574,52 @@ def preview(
     )
 
 
+def threshold_bounds(session: Session) -> tuple[float, float]:
+    """The thresholds an admin may apply: the score's range, widened to any stored score outside it.
+
+    Below the lowest possible score every sketch is flagged, above the highest none is: neither is a
+    threshold anyone means to set.
+    """
+    lo, hi = SCORE_RANGE
+    stored = score_range(session)
+    if stored is not None:
+        lo, hi = min(lo, stored[0]), max(hi, stored[1])
+    return lo, hi
+
+
+@dataclass
+class FlagChanges:
+    """How many stored sketches change flag when threshold ``t`` is applied."""
+
+    threshold: float
+    to_flagged: int
+    to_unflagged: int
+
+    @property
+    def total(self) -> int:
+        """Sketches whose flag changes either way."""
+        return self.to_flagged + self.to_unflagged
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"threshold": self.threshold, "to_flagged": self.to_flagged, "to_unflagged": self.to_unflagged,
+                "total": self.total}
+
+
+def flag_changes(session: Session, t: float) -> FlagChanges:
+    """Count the scored sketches whose stored flag differs from ``score > t``, each way, in SQL.
+
+    Both counts are range scans of the (flagged, score) index over exactly the rows that change.
+    """
+    if not math.isfinite(t):
+        raise ValueError("threshold must be a finite number")
+    return FlagChanges(
+        threshold=float(t),
+        to_flagged=_count(session, Sketch.flagged == false(), Sketch.score > t),
+        to_unflagged=_count(session, Sketch.flagged == true(), Sketch.score <= t),
+    )
+
+
 @dataclass
 class F1Suggestion:
     """The threshold that maximises F1 over the reviewed sketches."""
@@ -589,34 +651,11 @@ def f1_optimal_threshold(session: Session, flt: StatsFilter | None = None) -> F1
         .group_by(Sketch.score)
         .subquery()
     )
-    order = per_score.c.score.desc()
-    running = dict(order_by=order, rows=(None, 0))
-    # The totals ride along as whole-set window sums: the reviewed rows are read once, not twice.
-    cum = select(
-        per_score.c.score,
-        func.sum(per_score.c.pos).over(**running).label("tp"),
-        func.sum(per_score.c.n).over(**running).label("k"),
-        func.lead(per_score.c.score).over(order_by=order).label("next_score"),
-        func.sum(per_score.c.pos).over().label("positives"),
-        func.sum(per_score.c.n).over().label("reviewed"),
-    ).subquery()
-    f1 = (2.0 * cast(cum.c.tp, Float)) / (cast(cum.c.k, Float) + cum.c.positives)
-    row = session.execute(
-        select(cum.c.score, cum.c.next_score, cum.c.tp, cum.c.k, cum.c.positives, cum.c.reviewed, f1.label("f1"))
-        .order_by(f1.desc(), cum.c.score.desc())
-        .limit(1)
-    ).first()
+    row = best_f1_cut(session, per_score)
     if row is None or not row.positives:
         return None
-    score, next_score, tp, k = float(row.score), row.next_score, int(row.tp), int(row.k)
-    positives, reviewed = int(row.positives), int(row.reviewed)
-    if next_score is None:
-        threshold = math.nextafter(score, -math.inf)
-    else:
-        threshold = (score + float(next_score)) / 2.0
-        if not float(next_score) <= threshold < score:
-            # Adjacent floats have no midpoint; the lower score itself still flags exactly the top k.
-            threshold = float(next_score)
+    tp, k, positives, reviewed = int(row.tp), int(row.k), int(row.positives), int(row.reviewed)
+    threshold = cut_between(float(row.score), row.next_score)
     return F1Suggestion(
         threshold=threshold,
         f1=2.0 * tp / (k + positives),
@@ -632,3 +671,87 @@ def overview(session: Session, flt: StatsFilter | None = None, bins: int = DEFAU
     hist = histogram(session, flt, bins)
     # Every scored sketch has a score and the default range spans them all, so no second scan.
     return hist, counts(session, flt, scored=hist.total)
+
+
+@dataclass
+class Progress:
+    """How much of a review queue has a staff verdict."""
+
+    reviewed: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        """Share reviewed, 0..100 (0 for an empty queue)."""
+        return 100.0 * self.reviewed / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"reviewed": self.reviewed, "total": self.total, "percent": self.percent}
+
+
+def flagged_progress(session: Session) -> Progress:
+    """Flagged sketches with a staff verdict, of all flagged (two index counts)."""
+    total = _count(session, Sketch.flagged == true())
+    unreviewed = _count(session, Sketch.flagged == true(), Sketch.verdict.is_(None))
+    return Progress(reviewed=total - unreviewed, total=total)
+
+
+@dataclass
+class ReviewerCount:
+    """One reviewer's staff verdicts: in all, and in the last day."""
+
+    reviewer: str
+    total: int
+    recent: int
+
+
+def reviewer_counts(session: Session, since: datetime | None = None) -> list[ReviewerCount]:
+    """Staff verdicts per reviewer, most active first; ``recent`` counts those from ``since`` on (one GROUP BY).
+
+    A client's own labels (``by_client``) are not reviews by staff and are left out.
+    """
+    since = as_utc(since) if since is not None else datetime.now(timezone.utc) - RECENT
+    recent = func.coalesce(func.sum(case((Review.created_at >= since, 1), else_=0)), 0)
+    rows = session.execute(
+        select(Review.reviewer, func.count().label("n"), recent.label("recent"))
+        .where(Review.by_client.is_(False))
+        .group_by(Review.reviewer)
+        .order_by(func.count().desc(), Review.reviewer)
+    ).all()
+    return [ReviewerCount(reviewer=r.reviewer, total=int(r.n), recent=int(r.recent)) for r in rows]
+
+
+def best_f1_cut(session: Session, per_score):
+    """The best-F1 cut over a (score, pos, n) subquery, highest score first: its cumulative row, or None.
+
+    Flagging everything at or above a score gives TP = the positives so far and F1 = 2 TP / (k + P).
+    """
+    order = per_score.c.score.desc()
+    running = dict(order_by=order, rows=(None, 0))
+    # The totals ride along as whole-set window sums: the reviewed rows are read once, not twice.
+    cum = select(
+        per_score.c.score,
+        func.sum(per_score.c.pos).over(**running).label("tp"),
+        func.sum(per_score.c.n).over(**running).label("k"),
+        func.lead(per_score.c.score).over(order_by=order).label("next_score"),
+        func.sum(per_score.c.pos).over().label("positives"),
+        func.sum(per_score.c.n).over().label("reviewed"),
+    ).subquery()
+    f1 = (2.0 * cast(cum.c.tp, Float)) / (cast(cum.c.k, Float) + cum.c.positives)
+    return session.execute(
+        select(cum.c.score, cum.c.next_score, cum.c.tp, cum.c.k, cum.c.positives, cum.c.reviewed, f1.label("f1"))
+        .order_by(f1.desc(), cum.c.score.desc())
+        .limit(1)
+    ).first()
+
+
+def cut_between(score: float, next_score) -> float:
+    """A threshold that flags ``score`` and not ``next_score`` (the next lower one, or None)."""
+    if next_score is None:
+        return math.nextafter(score, -math.inf)
+    threshold = (score + float(next_score)) / 2.0
+    if not float(next_score) <= threshold < score:
+        # Adjacent floats have no midpoint; the lower score itself still flags exactly the top k.
+        threshold = float(next_score)
+    return threshold

@@ -331,10 +331,10 @@ def test_the_same_client_ref_from_another_client_is_another_sketch(app, client, 
 
 
 def test_unique_violation_race_resolves_to_the_existing_id(app, client, key, monkeypatch):
-    from service import intake
+    from service.core import sketches
 
     first = client.post(URL, json={"drawing": SQUARE, "client_ref": "race"}, headers=auth(key))
-    real = intake.existing_ids
+    real = sketches.existing_ids
     calls = []
 
     def blind_first_time(session, client_name, refs):
@@ -342,7 +342,7 @@ def test_unique_violation_race_resolves_to_the_existing_id(app, client, key, mon
         calls.append(1)
         return {} if len(calls) == 1 else real(session, client_name, refs)
 
-    monkeypatch.setattr(intake, "existing_ids", blind_first_time)
+    monkeypatch.setattr(sketches, "existing_ids", blind_first_time)
     again = client.post(URL, json={"drawing": SQUARE, "client_ref": "race"}, headers=auth(key))
     assert len(calls) == 2
     assert again.status_code == 200 and again.json["id"] == first.json["id"] and again.json["duplicate"] is True
@@ -598,12 +598,12 @@ def test_database_down_is_503_with_retry_after(tmp_path, broker_dir, key):
 def test_database_failure_while_storing_is_503_and_stores_nothing(app, client, key, monkeypatch):
     from sqlalchemy.exc import OperationalError
 
-    from service import intake
+    from service.core import sketches
 
     def lost(*args, **kwargs):
         raise OperationalError("INSERT INTO sketches ...", {}, ConnectionError("server closed the connection"))
 
-    monkeypatch.setattr(intake, "_store_once", lost)
+    monkeypatch.setattr(sketches, "insert_queued", lost)
     r = client.post(URL, json={"drawing": SQUARE}, headers=auth(key))
     assert r.status_code == 503 and r.headers["Retry-After"]
     assert count(app, Sketch.client == key[0]) == 0

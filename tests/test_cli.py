@@ -16,7 +16,8 @@ from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.orm import Session
 from stack_fixtures import ROOT, create_pg_database, drop_pg_database, free_port
 
-from service.cli import first_run_credentials, main
+from service.cli import main
+from service.core.accounts import first_run_credentials
 from service.core.migrate import heads
 from service.core.schema import ROLE_ADMIN, ApiKey, User
 from service.core.security import hash_api_key, verify_password

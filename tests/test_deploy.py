@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_SERVICES = {"migrate", "web", "worker", "beat"}
+APP_SERVICES = {"migrate", "web", "worker", "alerts", "beat"}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def assert_entry_point(argv: list[str]) -> None:
         assert any(type(v).__name__ == "Celery" for v in vars(mod).values()), f"{app_path} has no Celery app"
         assert argv[argv.index("-A") + 2] in {"worker", "beat"}
         if "-Q" in argv:
-            from worker.app import QUEUE
+            from service.core.celery_app import QUEUE
 
             assert argv[argv.index("-Q") + 1] == QUEUE
     else:

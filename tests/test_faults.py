@@ -260,7 +260,7 @@ def test_worker_retries_while_postgres_is_unreachable(fresh, items):
 def test_a_poison_sketch_fails_with_its_error_and_blocks_nothing(fresh):
     from celery import Celery
 
-    from worker.app import QUEUE, SCORE_TASK
+    from service.core.celery_app import QUEUE, SCORE_TASK
 
     client = f"poison-{uuid.uuid4().hex[:8]}"
     good = [[[0, 255, 255, 0, 0], [0, 0, 255, 255, 0]]]

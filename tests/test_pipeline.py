@@ -97,7 +97,7 @@ def live(broker, stack):
 def producer(live):
     """A Celery app in the test process that sends tasks to the stack's broker."""
     from service.core.settings import get_settings
-    from worker.app import make_celery
+    from service.core.celery_app import make_celery
 
     app = make_celery(get_settings({"broker_url": live.broker_url, "database_url": live.database_url}))
     yield app
@@ -292,7 +292,7 @@ def _insert(live, rows: list[dict]) -> list[int]:
 
 
 def test_a_poison_sketch_does_not_take_its_batch_down(live, drawings, producer):
-    from worker.app import SCORE_TASK
+    from service.core.celery_app import SCORE_TASK
 
     good = [{"drawing": d["drawing"]} for d in drawings[0:3]]  # cats: simplified strokes, stored as they are
     ids = _insert(
@@ -394,6 +394,11 @@ def test_a_pool_process_over_its_memory_cap_is_replaced_and_nothing_is_lost(live
 def _damaged_model(tmp_path: Path, kind: str) -> Path:
     dst = tmp_path / f"model-{kind}"
     shutil.copytree(model_dir(), dst)
+    # Without model.tflite the pool process loads model.keras (the Keras fallback): that is the file damaged here.
+    (dst / "model.tflite").unlink(missing_ok=True)
+    meta = json.loads((dst / "model.json").read_text())
+    meta.pop("litert", None)
+    (dst / "model.json").write_text(json.dumps(meta))
     keras_file = dst / "model.keras"
     if kind == "missing":
         keras_file.unlink()
@@ -578,7 +583,7 @@ def test_up_zero_setup_round_trip(tmp_path, drawings):
 
 
 def test_task_payload_is_validated():
-    from worker.tasks import clean_ids
+    from worker.scoring import clean_ids
 
     assert clean_ids([3, 1, 3, 2]) == [3, 1, 2]
     for bad in ([0], [-1], ["1"], [True], [1.5]):
@@ -590,13 +595,14 @@ def test_task_payload_is_validated():
 
 def test_database_outage_is_retried_with_backoff(caplog, monkeypatch):
     from service.extensions import db
-    from worker import tasks
+    from worker import app as _start_up  # noqa: F401 - configures the worker's Celery app, as `celery -A` does
+    from worker import scoring as tasks
 
     # A closed port: every connection attempt fails with OperationalError.
     db.configure(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none", connect_args={"connect_timeout": 1})
     monkeypatch.setattr(tasks, "retry_delay", lambda retries: 0.0)
     try:
-        with caplog.at_level(logging.WARNING, logger="worker.tasks"):
+        with caplog.at_level(logging.WARNING, logger="worker.scoring"):
             result = tasks.score_sketches.apply(args=[[1, 2]])
         # The first run plus task_max_retries retries, each logged; then the error surfaces.
         assert result.failed()
@@ -609,7 +615,7 @@ def test_database_outage_is_retried_with_backoff(caplog, monkeypatch):
 
 
 def test_retry_delay_grows_and_is_capped():
-    from worker.tasks import retry_delay
+    from worker.scoring import retry_delay
 
     assert all(0.5 <= retry_delay(0) <= 1.0 for _ in range(20))
     assert all(4.0 <= retry_delay(3) <= 8.0 for _ in range(20))
@@ -618,7 +624,8 @@ def test_retry_delay_grows_and_is_capped():
 
 def test_sweep_counts_attempts_only_when_the_task_was_sent(sqlite_app):
     from service.extensions import db
-    from worker import tasks
+    from worker import app as _start_up  # noqa: F401 - configures the worker's Celery app, as `celery -A` does
+    from worker import sweeper as tasks
 
     old = utcnow() - timedelta(hours=1)
     max_attempts = tasks.settings.max_attempts

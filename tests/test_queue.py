@@ -151,7 +151,7 @@ def test_key_cache_forget_drops_everything():
 
 
 _PRIORITY_PROBE = (
-    "import os; from worker.tasks import autogroup_nice, lower_priority; lower_priority(7); "
+    "import os; from worker.lifecycle import autogroup_nice, lower_priority; lower_priority(7); "
     "print(os.nice(0)); print(autogroup_nice())"
 )
 
@@ -164,7 +164,7 @@ def test_the_worker_lowers_its_priority_and_its_own_sessions_group_only(own_sess
         start_new_session=own_session, check=True,
     ).stdout.split()  # fmt: skip
     assert out[0] == str(os.nice(0) + 7)
-    from worker.tasks import autogroup_nice
+    from worker.lifecycle import autogroup_nice
 
     if out[1] != "None":  # kernels or cgroups without autogroup scheduling have no group to lower
         # A session leader lowers its own group; anyone else leaves the shared group (pytest's here) alone.
@@ -173,7 +173,7 @@ def test_the_worker_lowers_its_priority_and_its_own_sessions_group_only(own_sess
 
 @pytest.mark.parametrize(("content", "expected"), [("/autogroup-85 nice 3\n", 3), ("", None)])
 def test_autogroup_nice_reads_the_group_or_none_outside_autogroup_scheduling(content, expected, tmp_path, monkeypatch):
-    from worker import tasks
+    from worker import lifecycle as tasks
 
     path = tmp_path / "autogroup"
     path.write_text(content)  # a task in a non-root cgroup reads an empty file

@@ -208,7 +208,8 @@ def test_a_key_revoked_in_the_dashboard_is_refused_on_its_next_request(app):
     with app.app_context(), db.session_scope() as s:
         key_id = s.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_api_key(key)))
     token = csrf_token(admin.get("/admin/keys").data)
-    assert admin.post(f"/admin/keys/{key_id}/revoke", data={"csrf_token": token}).status_code == 302
+    # Revoking is confirmed first (issue 13): the confirmation page's form carries confirm=yes.
+    assert admin.post(f"/admin/keys/{key_id}/revoke", data={"csrf_token": token, "confirm": "yes"}).status_code == 302
     r = submit(api, key)
     assert r.status_code == 401 and "revoked" in r.json["error"]["message"]
 
@@ -284,7 +285,7 @@ def test_a_reviewer_cannot_change_the_threshold_or_administer(app, env):
     # The same request from an admin goes through, so the 403 above is about the role.
     admin = logged_in(app)
     token = csrf_token(admin.get("/threshold").data)
-    r = admin.post("/threshold", data={"value": "7.5", "reason": "admin sets", "csrf_token": token})
+    r = admin.post("/threshold", data={"value": "7.5", "reason": "admin sets", "csrf_token": token, "confirm": "yes"})
     assert r.status_code == 302 and count(app, ThresholdChange) == before + 1
 
 
@@ -297,7 +298,7 @@ def test_deactivated_user_loses_an_open_session(app):
     assert temp.get("/").status_code == 200
     with app.app_context(), db.session_scope() as s:
         user_id = s.scalar(select(User.id).where(User.username == username))
-    assert admin.post(f"/admin/users/{user_id}/active", data={"csrf_token": token}).status_code == 302
+    assert admin.post(f"/admin/users/{user_id}/active", data={"csrf_token": token, "confirm": "yes"}).status_code == 302
     assert temp.get("/").status_code == 302
     assert login(app.test_client(), username, "temp-password-1").status_code == 401
 

@@ -40,3 +40,15 @@ def test_production_fails_fast_without_secrets(missing):
     values.pop(missing)
     with pytest.raises(ValidationError, match="SKETCHWATCH_" + missing.upper()):
         get_settings(values)
+
+
+def test_the_memory_cap_default_follows_the_scoring_runtime(tmp_path):
+    """LiteRT artifacts get a cap from LiteRT's footprint, Keras-only ones from TensorFlow's; a set value wins."""
+    from service.core.settings import MEMORY_CAP_HEADROOM, POOL_PROCESS_FOOTPRINT_MB, Settings
+
+    shipped = Settings(env="testing")
+    assert shipped.memory_cap_mb == round(POOL_PROCESS_FOOTPRINT_MB["litert"] * MEMORY_CAP_HEADROOM)
+    keras_only = Settings(env="testing", model_dir=str(tmp_path))
+    assert keras_only.memory_cap_mb == round(POOL_PROCESS_FOOTPRINT_MB["keras"] * MEMORY_CAP_HEADROOM)
+    assert Settings(env="testing", worker_max_memory_mb=0).memory_cap_mb == 0
+    assert Settings(env="testing", worker_max_memory_mb=2048).memory_cap_mb == 2048

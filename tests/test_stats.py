@@ -435,7 +435,12 @@ def test_statistics_only_use_indexes_on_sqlite(sqlite_session):
         stats.overview(session)
         stats.overview(session, window)
         stats.overview(session, stats.StatsFilter(model_version="v1"))
+        stats.overview(session, stats.StatsFilter(client="c"))
+        stats.overview(session, stats.StatsFilter(since=window.since, until=window.until, client="c"))
+        stats.overview(session, stats.StatsFilter(model_version="v1", client="c"))
         stats.preview(session, 0.5)
+        stats.flag_changes(session, 0.5)
+        stats.threshold_bounds(session)
         stats.f1_optimal_threshold(session)
         stats.model_versions(session)
 
@@ -446,3 +451,55 @@ def test_statistics_only_use_indexes_on_sqlite(sqlite_session):
             # "SCAN sketches" without an index would read every row of the table.
             assert not (step.startswith("SCAN") and "sketches" in step and "INDEX" not in step), (statement, steps)
 
+
+
+# --------------------------------------------------------------------------- one client's statistics (API keys)
+
+
+@pytest.mark.parametrize("window", [None, (100, 900), (0, 1200), (1100, None)])
+def test_one_clients_histogram_and_counts_cover_only_its_sketches(session, window):
+    rng = np.random.default_rng(11)
+    mine, theirs = rng.uniform(0.2, 0.6, 1200), rng.uniform(0.0, 1.0, 1500)
+    # Interleaved in time, so no time window separates the two clients.
+    seed(session, mine, threshold=0.5, client="mine", step=timedelta(minutes=2))
+    seed(session, theirs, threshold=0.5, client="theirs", start=T0 + timedelta(minutes=1), step=timedelta(minutes=2))
+    seed(session, [None] * 3, status="queued", client="mine", start=T0 + timedelta(days=30))
+    seed(session, [None] * 4, status="queued", client="theirs", start=T0 + timedelta(days=30))
+    since = until = None
+    keep = np.ones(len(mine), dtype=bool)
+    if window:
+        start, stop = window
+        since = T0 + timedelta(minutes=2 * start) if start is not None else None
+        until = T0 + timedelta(minutes=2 * stop) if stop is not None else None
+        idx = np.arange(len(mine))
+        keep = (idx >= (start or 0)) & (idx < (stop if stop is not None else len(mine)))
+    flt = stats.StatsFilter(since=since, until=until, client="mine")
+    hist, counts = stats.overview(session, flt, bins=15)
+    # The axis is this client's stored range, whatever the window.
+    assert hist.counts == numpy_hist(mine[keep], 15, mine.min(), mine.max())[0]
+    assert counts.scored == int(keep.sum()) and counts.flagged == int((mine[keep] > 0.5).sum())
+    assert counts.queued == (3 if until is None else 0) and counts.failed == 0
+    everyone = stats.overview(session, stats.StatsFilter(since=since, until=until), bins=15)[1]
+    assert everyone.scored > counts.scored
+
+
+def test_flag_changes_count_exactly_the_sketches_whose_flag_flips(session):
+    rng = np.random.default_rng(12)
+    scores = rng.uniform(0, 1, 800)
+    seed(session, scores, threshold=0.5)
+    seed(session, [None] * 5, status="queued")
+    for t in (0.0, 0.25, 0.5, 0.5 + 1e-12, 0.77, 1.0):
+        ch = stats.flag_changes(session, t)
+        assert ch.to_flagged == int(((scores > t) & ~(scores > 0.5)).sum())
+        assert ch.to_unflagged == int((~(scores > t) & (scores > 0.5)).sum())
+        assert ch.total == int(((scores > t) != (scores > 0.5)).sum())
+    with pytest.raises(ValueError):
+        stats.flag_changes(session, math.inf)
+
+
+def test_threshold_bounds_are_the_score_range_widened_by_stored_scores(session):
+    assert stats.threshold_bounds(session) == stats.SCORE_RANGE == (0.0, 1.0)
+    seed(session, [0.2, 0.7])
+    assert stats.threshold_bounds(session) == (0.0, 1.0)
+    seed(session, [1.4])
+    assert stats.threshold_bounds(session) == (0.0, 1.4)

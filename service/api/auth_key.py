@@ -7,11 +7,10 @@ import time
 from functools import wraps
 
 from flask import current_app, g, jsonify, request
-from sqlalchemy import select
 
-from service.extensions import db
-from service.core.schema import ApiKey
+from service.core.accounts import api_key_identity
 from service.core.security import hash_api_key
+from service.extensions import db
 
 
 def current_client() -> str | None:
@@ -19,12 +18,31 @@ def current_client() -> str | None:
     return getattr(g, "api_client", None)
 
 
-def _key_from_request() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+def current_key_is_admin() -> bool:
+    """True when this request's API key is an admin key (it sees every client's sketches)."""
+    return bool(getattr(g, "api_admin", False))
+
+
+def presented_api_key() -> str | None:
+    """The API key sent with this request (``Authorization: Bearer`` or ``X-API-Key``), if any."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return request.headers.get("X-API-Key") or None
+
+
+_KEY_HASH = "api_key_hash"
+
+
+def presented_key_hash() -> str | None:
+    """SHA-256 of this request's API key (None without one), parsed and hashed once per request.
+
+    The rate limit (before the view) and the authentication (in the view) both need it.
+    """
+    if _KEY_HASH not in g:
+        key = presented_api_key()
+        setattr(g, _KEY_HASH, hash_api_key(key) if key else None)
+    return g.get(_KEY_HASH)
 
 
 EXTENSION = "sketchwatch_api_keys"
@@ -33,7 +51,7 @@ MAX_CACHED_KEYS = 10_000
 
 
 class KeyCache:
-    """Valid API keys (hash -> client name) for ``ttl_s`` seconds: one SQL lookup less per request.
+    """Valid API keys (hash -> what the key is: client name, admin) for ``ttl_s`` seconds: one SQL lookup less per request.
 
     Only keys that authenticated are cached, so unknown keys cannot fill it. A key revoked in this process
     is forgotten at once (``forget``); one revoked elsewhere stops working within ``ttl_s``.
@@ -41,17 +59,17 @@ class KeyCache:
 
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
-        self._entries: dict[str, tuple[str, float]] = {}
+        self._entries: dict[str, tuple[object, float]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key_hash: str) -> str | None:
-        """The client name of a recently verified key, or None."""
+    def get(self, key_hash: str):
+        """What ``put`` stored for a recently verified key, or None."""
         entry = self._entries.get(key_hash)
         if entry is None or entry[1] < time.monotonic():
             return None
         return entry[0]
 
-    def put(self, key_hash: str, name: str) -> None:
+    def put(self, key_hash: str, name) -> None:
         """Remember a verified key."""
         if self.ttl_s <= 0:
             return
@@ -78,18 +96,16 @@ def forget_api_keys() -> None:
         cache.forget()
 
 
-def _client_for(key: str) -> str | None:
-    key_hash = hash_api_key(key)
+def _client_for(key_hash: str) -> tuple[str, bool] | None:
+    """(client name, admin) of a valid key digest: from this process's cache, else from the database."""
     cache: KeyCache | None = current_app.extensions.get(EXTENSION)
-    name = cache.get(key_hash) if cache is not None else None
-    if name is not None:
-        return name
-    row = db.session.execute(select(ApiKey.name, ApiKey.revoked_at).where(ApiKey.key_hash == key_hash)).first()
-    if row is None or row.revoked_at is not None:
-        return None
-    if cache is not None:
-        cache.put(key_hash, row.name)
-    return row.name
+    identity = cache.get(key_hash) if cache is not None else None
+    if identity is not None:
+        return identity
+    identity = api_key_identity(db.session, key_hash)
+    if identity is not None and cache is not None:
+        cache.put(key_hash, identity)
+    return identity
 
 
 def require_api_key(view):
@@ -97,13 +113,13 @@ def require_api_key(view):
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        key = _key_from_request()
-        if not key:
+        key_hash = presented_key_hash()
+        if not key_hash:
             return _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        name = _client_for(key)
-        if name is None:
+        identity = _client_for(key_hash)
+        if identity is None:
             return _unauthorized("invalid or revoked API key")
-        g.api_client = name
+        g.api_client, g.api_admin = identity
         return view(*args, **kwargs)
 
     return wrapper

@@ -1,20 +1,28 @@
-"""Request and response models of the API, and the documented input limits."""
+"""Request and response models of the API (the submitted-item models are in ``service.core.validation``)."""
 
 from __future__ import annotations
 
-import math
-from datetime import datetime, timezone
+import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-# Documented limits that are not settings (settings.max_strokes/max_points/max_batch are).
-MAX_CLIENT_REF = 200
-MAX_METADATA_BYTES = 16 * 1024
-MAX_METADATA_DEPTH = 8
-MAX_RAW_COORD = 1_000_000.0
-MAX_RAW_TIME = 1e12
+from service.core.query_syntax import (
+    FALSE_WORDS,
+    NO_NUL,
+    TIMESTAMP,
+    TIMESTAMP_HELP,
+    TRUE_WORDS,
+    anchored,
+    parse_integer,
+    parse_number,
+    parse_timestamp,
+    parse_yes_no,
+)
+from service.core.validation import MAX_CLIENT_REF, InputError, no_nul
+from service.search import MAX_QUERY
+
 LIST_DEFAULT_LIMIT = 100
 LIST_MAX_LIMIT = 500
 STATUSES = ("queued", "scored", "failed")
@@ -22,151 +30,30 @@ STATUSES = ("queued", "scored", "failed")
 # Quick Draw line fields that are not sketch fields; they are kept in metadata.
 QUICKDRAW_FIELDS = ("key_id", "word", "countrycode", "recognized", "timestamp")
 
-Coord = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Row = Annotated[list[Coord], Field(min_length=1)]
-Stroke = Annotated[list[Row], Field(min_length=2, max_length=3)]
+
+MAX_KEY_ID_INT = 2**63 - 1
 
 
-class InputError(ValueError):
-    """One invalid input field, with a JSON-path-like name (``drawing[2][0][5]``)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-def field_name(loc: tuple) -> str:
-    """Render a pydantic error location as ``drawing[2][0][5]`` / ``metadata``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "body"
-
-
-def first_error(exc: ValidationError, prefix: str = "") -> InputError:
-    """The first pydantic error as an InputError (clients fix one thing at a time)."""
-    err = exc.errors(include_url=False, include_input=False)[0]
-    name = field_name(tuple(err["loc"]))
-    if prefix:
-        name = prefix if name == "body" else f"{prefix}.{name}"
-    message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-    return InputError(name, message)
-
-
-def _json_depth(value: Any) -> int:
-    """Nesting depth of a JSON value, iteratively (no recursion on hostile input)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            node = list(node.values())
-        if isinstance(node, list):
-            deepest = max(deepest, depth)
-            if depth > MAX_METADATA_DEPTH:
-                return depth
-            stack.extend((child, depth + 1) for child in node)
-    return deepest
-
-
-def check_metadata(value: dict | None) -> dict | None:
-    """Reject metadata nested deeper than MAX_METADATA_DEPTH or larger than MAX_METADATA_BYTES."""
-    if value is None:
-        return None
-    if _json_depth(value) > MAX_METADATA_DEPTH:
-        raise ValueError(f"nested deeper than {MAX_METADATA_DEPTH} levels")
-    try:
-        size = len(orjson.dumps(value))
-    except orjson.JSONEncodeError as exc:
-        raise ValueError(f"not serialisable as JSON: {exc}") from None
-    if size > MAX_METADATA_BYTES:
-        raise ValueError(f"{size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
-    return value
-
-
-def _no_nul(value: str) -> str:
-    """PostgreSQL text cannot hold NUL characters; refuse them up front rather than fail on insert."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-ClientRef = Annotated[str, Field(min_length=1, max_length=MAX_CLIENT_REF), AfterValidator(_no_nul)]
-
-
-class SketchIn(BaseModel):
-    """One submitted drawing: Quick Draw strokes, ``[[x...], [y...]]`` or ``[[x...], [y...], [t...]]``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    drawing: Annotated[list[Stroke], Field(min_length=1, description="strokes; each is [x-row, y-row(, t-row)]")]
-    format: Literal["simplified", "raw"] = Field(
-        "simplified",
-        description="simplified: integer coordinates 0..255 (Quick Draw simplified); "
-        "raw: canvas coordinates of any range (|v| <= 1e6), normalised on intake",
-    )
-    client_ref: ClientRef | None = Field(None, description="idempotency key, unique per API key")
-    metadata: dict[str, Any] | None = Field(
-        None, description=f"free-form JSON object, at most {MAX_METADATA_BYTES} bytes and {MAX_METADATA_DEPTH} levels"
-    )
-
-    _check_metadata = field_validator("metadata")(check_metadata)
-
-
-class ImageFields(BaseModel):
-    """The form fields that accompany an uploaded image."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    client_ref: ClientRef | None = None
-    metadata: dict[str, Any] | None = None
-
-    _check_metadata = field_validator("metadata")(check_metadata)
-
-
-def check_drawing(drawing: list, fmt: str, max_strokes: int, max_points: int) -> None:
-    """Check limits, row lengths and coordinate ranges, naming the first offending element."""
-    if len(drawing) > max_strokes:
-        raise InputError("drawing", f"{len(drawing)} strokes; the limit is {max_strokes}")
-    for i, stroke in enumerate(drawing):
-        if fmt == "simplified" and len(stroke) != 2:
-            raise InputError(f"drawing[{i}]", "a simplified stroke has exactly 2 rows: [x...], [y...]")
-        n = len(stroke[0])
-        for r, row in enumerate(stroke):
-            if len(row) != n:
-                raise InputError(f"drawing[{i}][{r}]", f"has {len(row)} values but row 0 has {n}")
-    total = sum(len(stroke[0]) for stroke in drawing)
-    if total > max_points:
-        raise InputError("drawing", f"{total} points; the limit is {max_points}")
-    for i, stroke in enumerate(drawing):
-        for r, row in enumerate(stroke):
-            _check_row(row, fmt, r, f"drawing[{i}][{r}]")
-
-
-def _check_row(row: list, fmt: str, r: int, name: str) -> None:
-    if fmt == "simplified":
-        lo, hi = 0.0, 255.0
-    elif r < 2:
-        lo, hi = -MAX_RAW_COORD, MAX_RAW_COORD
-    else:
-        lo, hi = 0.0, MAX_RAW_TIME
-    # Fast path for the common valid row; the slow loop below only runs to name the bad element.
-    if lo <= min(row) and max(row) <= hi and (fmt != "simplified" or all(map(float.is_integer, row))):
-        return
-    for j, v in enumerate(row):
-        if not lo <= v <= hi:
-            raise InputError(f"{name}[{j}]", f"{v:.15g} is outside {lo:.15g}..{hi:.15g}")
-        if fmt == "simplified" and v != math.floor(v):
-            raise InputError(f"{name}[{j}]", f"{v:.15g} is not an integer (simplified coordinates are integers)")
+def check_key_id(value: Any) -> None:
+    """A Quick Draw key_id: a string that could be a client_ref, or a 64-bit integer (InputError otherwise)."""
+    if isinstance(value, str):
+        if len(value) > MAX_CLIENT_REF:
+            raise InputError("key_id", f"longer than {MAX_CLIENT_REF} characters")
+        if "\x00" in value:
+            raise InputError("key_id", "must not contain NUL characters")
+    elif isinstance(value, bool) or not isinstance(value, int) or not -MAX_KEY_ID_INT - 1 <= value <= MAX_KEY_ID_INT:
+        raise InputError("key_id", "must be a string or a 64-bit integer")
 
 
 def from_quickdraw(obj: Any) -> Any:
-    """Map a Quick Draw ndjson line to a SketchIn dict: key_id -> client_ref, the rest -> metadata."""
+    """Map a Quick Draw ndjson line to a SketchIn dict: key_id -> client_ref, the rest -> metadata.
+
+    Raises InputError for a key_id that could not be a client_ref.
+    """
     if not isinstance(obj, dict):
         return obj
+    if "key_id" in obj and obj["key_id"] is not None:
+        check_key_id(obj["key_id"])
     item = {k: obj[k] for k in ("drawing", "format", "client_ref") if k in obj}
     meta = obj.get("metadata")
     extra = {k: v for k, v in obj.items() if k not in ("drawing", "format", "client_ref", "metadata")}
@@ -182,32 +69,97 @@ def from_quickdraw(obj: Any) -> Any:
     return item
 
 
+# Query-parameter types: the exact syntax of service.core.query_syntax, published as the document's schema.
+
+
+def _syntax(parse):
+    """A BeforeValidator applying ``parse`` to the raw query text (values already converted pass through)."""
+    return BeforeValidator(lambda value: parse(value) if isinstance(value, str) else value)
+
+
+QueryNumber = Annotated[float, _syntax(parse_number), Field(allow_inf_nan=False)]
+QueryYesNo = Annotated[
+    bool, _syntax(parse_yes_no), WithJsonSchema({"type": "string", "enum": [*TRUE_WORDS, *FALSE_WORDS]})
+]
+
+
+def query_timestamp(example: str) -> Any:
+    """A timestamp parameter (the syntax of service.core.query_syntax), with an example value."""
+    return Annotated[
+        datetime,
+        _syntax(parse_timestamp),
+        WithJsonSchema({"type": "string", "pattern": anchored(TIMESTAMP), "examples": [example]}),
+    ]
+
+
+
+def query_text(max_length: int | None = None) -> Any:
+    """A text parameter without NUL characters, at most ``max_length`` characters."""
+    return Annotated[
+        str, Field(max_length=max_length), AfterValidator(no_nul), Field(json_schema_extra={"pattern": anchored(NO_NUL)})
+    ]
+
+
+QueryText = query_text()
+
+# Keyset cursor: "v1." and the id the next page starts below. The server makes it; clients pass it back.
+CURSOR_PREFIX = "v1."
+CURSOR_PATTERN = r"v1\.[1-9][0-9]{0,18}"
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
+
+
+def encode_cursor(last_id: int) -> str:
+    """The cursor of the page after the one ending at ``last_id``."""
+    return f"{CURSOR_PREFIX}{last_id}"
+
+
+def decode_cursor(cursor: str) -> int:
+    """The id a cursor points below (ValueError if it is not one of ours)."""
+    if not _CURSOR_RE.fullmatch(cursor):
+        raise ValueError("invalid cursor: pass the 'next' value of the previous page")
+    return int(cursor[len(CURSOR_PREFIX) :])
+
+
+QueryCursor = Annotated[
+    int,
+    _syntax(decode_cursor),
+    WithJsonSchema({"type": "string", "pattern": anchored(CURSOR_PATTERN), "examples": ["v1.1200"]}),
+]
+
+
 class ListQuery(BaseModel):
-    """Query parameters of ``GET /sketches``."""
+    """Query parameters of ``GET /sketches``; the OpenAPI document's parameters are generated from this model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    limit: Annotated[int, Field(ge=1, le=LIST_MAX_LIMIT)] = LIST_DEFAULT_LIMIT
-    cursor: str | None = None
-    status: Literal["queued", "scored", "failed"] | None = None
-    flagged: bool | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    client: Annotated[str, AfterValidator(_no_nul)] | None = None
-    client_ref: Annotated[str, AfterValidator(_no_nul)] | None = None
-
-    @field_validator("since", "until")
-    @classmethod
-    def _as_utc(cls, value: datetime | None) -> datetime | None:
-        """Naive timestamps are taken as UTC."""
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        try:
-            return value.astimezone(timezone.utc)
-        except OverflowError:
-            raise ValueError("date is out of range") from None
+    limit: Annotated[int, Field(ge=1, le=LIST_MAX_LIMIT), _syntax(parse_integer)] = Field(
+        LIST_DEFAULT_LIMIT, description="page size"
+    )
+    cursor: QueryCursor | None = Field(None, description="the `next` value of the previous page")
+    status: Literal["queued", "scored", "failed"] | None = Field(None, description="only this status")
+    flagged: QueryYesNo | None = Field(None, description="only flagged (true) or unflagged (false) sketches")
+    since: query_timestamp("2026-11-28T00:00:00Z") | None = Field(
+        None, description=f"submitted at or after this time: {TIMESTAMP_HELP}"
+    )
+    until: query_timestamp("2026-11-29T00:00:00Z") | None = Field(
+        None, description="submitted before this time (the syntax of since); later than since"
+    )
+    client: QueryText | None = Field(
+        None, description="a client key: its own name only (403 otherwise); an admin key: any client"
+    )
+    client_ref: QueryText | None = Field(None, description="only the sketch with this client_ref")
+    # The search and filters of the dashboard's sketches page (service.search).
+    q: query_text(MAX_QUERY) | None = Field(
+        None,
+        description="search text: a sketch id, part of a client_ref or of the metadata (case-insensitive); "
+        "`key:value` matches one metadata key exactly, e.g. `word:cat`",
+    )
+    score_min: QueryNumber | None = Field(None, description="score at least this")
+    score_max: QueryNumber | None = Field(None, description="score at most this; not below score_min")
+    verdict: Literal["anomaly", "cat", "none"] | None = Field(
+        None, description="only this staff verdict; `none` = not reviewed yet"
+    )
+    model_version: query_text(64) | None = Field(None, description="only sketches scored by this model version")
 
 
 # Response models: used for the OpenAPI document; handlers build plain dicts for speed.
@@ -267,7 +219,13 @@ class SketchOut(BaseModel):
     client_ref: str | None
     metadata: dict[str, Any] | None
     source_format: str = Field(description="simplified, raw or image")
-    verdict: str | None = Field(description="latest reviewer verdict: anomaly or cat")
+    verdict: str | None = Field(
+        description="latest verdict of SketchWatch's reviewers (dashboard or admin key): anomaly or cat"
+    )
+    client_verdict: str | None = Field(
+        description="latest verdict the sketch's own client recorded with POST /sketches/{id}/review"
+    )
+    client: str = Field(description="the API key (client) that submitted the sketch")
     status_url: str
 
 
@@ -276,3 +234,61 @@ class SketchListOut(BaseModel):
 
     items: list[SketchOut]
     next: str | None = Field(description="cursor of the next page (pass as ?cursor=), null on the last page")
+
+
+class HistogramBinsOut(BaseModel):
+    """Equal-width bins over the stored scores (numpy.histogram semantics)."""
+
+    bins: int
+    lo: float = Field(description="left edge of the first bin")
+    hi: float = Field(description="right edge of the last bin")
+    edges: list[float] = Field(description="bins + 1 edges")
+    counts: list[int]
+    total: int = Field(description="scored sketches counted in the bins")
+    scale: Literal["linear", "log"]
+    log_counts: list[float] | None = Field(None, description="log10(1 + count) per bin; only with log=true")
+
+
+class CountsOut(BaseModel):
+    """Sketches by state in the selected window."""
+
+    total: int
+    scored: int
+    flagged: int
+    reviewed: int = Field(description="sketches with a staff verdict")
+    queued: int
+    failed: int
+
+
+class HistogramFiltersOut(BaseModel):
+    """The filters the numbers cover (since/until as applied, after range)."""
+
+    since: str | None
+    until: str | None
+    model_version: str | None
+    client: str | None
+
+
+class HistogramOut(BaseModel):
+    """Answer of ``GET /stats/histogram``."""
+
+    histogram: HistogramBinsOut
+    threshold: float = Field(description="the flag threshold in force, shared by every client")
+    counts: CountsOut
+    filters: HistogramFiltersOut
+
+
+class ReviewOut(BaseModel):
+    """Answer of ``POST /sketches/{id}/review``: the recorded review."""
+
+    sketch_id: int
+    verdict: Literal["anomaly", "cat"]
+    reviewer: str = Field(description="api:<client>")
+    created_at: str = Field(description="ISO 8601")
+    kind: Literal["client", "staff"] = Field(
+        description="client: the sketch's own client's label (client_verdict); staff: an admin key's verdict"
+    )
+
+
+# Every response model, in the order the document lists them.
+RESPONSE_MODELS = (ErrorOut, SubmitOut, BatchOut, SketchOut, SketchListOut, HistogramOut, ReviewOut)

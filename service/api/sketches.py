@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 from flask import current_app, g, jsonify, request, url_for
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, true
 
 from service.api import bp
-from service.api.auth_key import current_client, require_api_key
+from service.api.auth_key import current_client, current_key_is_admin, require_api_key
 from service.api.errors import ApiError
-from service.api.schemas import ListQuery, first_error, from_quickdraw
+from service.api.schemas import ListQuery, encode_cursor, from_quickdraw
 from service.extensions import db
-# Module import (not names): service.intake imports service.api.schemas, which loads this package.
+# Module import (not names), so the intake's entry points are looked up at call time.
 from service import intake
 from service.core.schema import Sketch
+from service.core.validation import InputError, first_error
+from service.search import SketchSearch
 
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
 MULTIPART = "multipart/form-data"
 MAX_DB_ID = 2**63 - 1
-CURSOR_PREFIX = "v1:"
 
 # Columns a status answer needs; the drawing and the bitmaps are never loaded here.
 STATUS_COLUMNS = (
@@ -42,6 +41,8 @@ STATUS_COLUMNS = (
     Sketch.meta,
     Sketch.source_format,
     Sketch.verdict,
+    Sketch.client_verdict,
+    Sketch.client,
 )
 
 
@@ -122,6 +123,8 @@ def _parse_ndjson(data: bytes) -> tuple[list[int], list[Any], list[tuple[int, st
             indexes.append(lineno)
         except orjson.JSONDecodeError as exc:
             bad.append((lineno, "body", f"line {lineno + 1}: invalid JSON: {exc}"))
+        except InputError as exc:
+            bad.append((lineno, exc.field, exc.message))
     return indexes, items, bad
 
 
@@ -149,14 +152,20 @@ def _image_submission(client: str):
     unknown = sorted(set(request.form) - {"client_ref", "metadata"} | set(request.files) - {"image"})
     if unknown:
         raise ApiError(400, unknown[0], "unknown field")
+    for fields in (request.form, request.files):
+        repeated = sorted(name for name in fields if len(fields.getlist(name)) > 1)
+        if repeated:
+            raise ApiError(400, repeated[0], "given more than once")
+    # A field that is sent is validated as sent: an empty client_ref or metadata is an error, not "absent".
     metadata = None
-    raw_meta = request.form.get("metadata")
-    if raw_meta:
+    if "metadata" in request.form:
         try:
-            metadata = orjson.loads(raw_meta)
+            metadata = orjson.loads(request.form["metadata"])
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, "metadata", f"invalid JSON: {exc}") from None
-    client_ref = request.form.get("client_ref") or None
+        if not isinstance(metadata, dict):
+            raise ApiError(400, "metadata", "must be a JSON object")
+    client_ref = request.form.get("client_ref")
     return _single_answer(intake.accept_image(client, upload.read(), metadata, client_ref))
 
 
@@ -207,76 +216,85 @@ def _sketch_json(row) -> dict:
         "metadata": row.meta,
         "source_format": row.source_format,
         "verdict": row.verdict,
+        "client_verdict": row.client_verdict,
+        "client": row.client,
         "status_url": status_url(row.id),
     }
+
+
+def visible_to_caller():
+    """WHERE term limiting a query to the sketches this API key may see: its own, or all for an admin key."""
+    if current_key_is_admin():
+        return true()
+    return Sketch.client == current_client()
 
 
 @bp.get("/sketches/<int:sketch_id>")
 @require_api_key
 def get_sketch(sketch_id: int):
-    """Status and result of one of the caller's own sketches (404 for anyone else's)."""
+    """Status and result of one of the caller's own sketches (404 for anyone else's; an admin key sees all)."""
     if sketch_id > MAX_DB_ID:
         raise ApiError(404, "id", f"no sketch {sketch_id}")
-    row = db.session.execute(
-        select(*STATUS_COLUMNS).where(Sketch.id == sketch_id, Sketch.client == current_client())
-    ).first()
+    row = db.session.execute(select(*STATUS_COLUMNS).where(Sketch.id == sketch_id, visible_to_caller())).first()
     if row is None:
         raise ApiError(404, "id", f"no sketch {sketch_id}")
     return jsonify(_sketch_json(row))
 
 
-def encode_cursor(last_id: int) -> str:
-    """Opaque keyset cursor for ids below ``last_id``."""
-    return base64.urlsafe_b64encode(f"{CURSOR_PREFIX}{last_id}".encode()).decode().rstrip("=")
+def scoped_client(requested: str | None) -> str | None:
+    """The client a list or aggregate covers: the caller's own; for an admin key ``requested`` or all (None).
 
-
-def decode_cursor(cursor: str) -> int:
-    """The id a cursor points below; raises ApiError naming ``cursor`` if it is not ours."""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        if text.startswith(CURSOR_PREFIX):
-            value = int(text[len(CURSOR_PREFIX) :])
-            if 0 < value <= MAX_DB_ID:
-                return value
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise ApiError(400, "cursor", "invalid cursor: pass the 'next' value of the previous page")
+    A client key naming another client is a 403: it may only see its own sketches.
+    """
+    if current_key_is_admin():
+        return requested
+    client = current_client()
+    if requested is not None and requested != client:
+        raise ApiError(403, "client", "an API key can only see its own sketches")
+    return client
 
 
 @bp.get("/sketches")
 @require_api_key
 def list_sketches():
-    """The caller's sketches, newest first, filtered and paginated with a keyset cursor."""
+    """The caller's sketches (an admin key's: every client's), newest first, filtered, keyset-paginated."""
     params: dict[str, Any] = {}
     for name in request.args:
         values = request.args.getlist(name)
         if len(values) > 1:
             raise ApiError(400, name, "given more than once")
-        params[name] = values[0]
+        # An empty value is the same as leaving the parameter out (as the OpenAPI document says).
+        if values[0]:
+            params[name] = values[0]
     try:
         query = ListQuery.model_validate(params)
     except ValidationError as exc:
         err = first_error(exc)
         raise ApiError(400, err.field, err.message) from None
-    client = current_client()
-    if query.client is not None and query.client != client:
-        raise ApiError(403, "client", "an API key can only list its own sketches")
+    client = scoped_client(query.client)
     if query.since and query.until and query.since >= query.until:
         raise ApiError(400, "until", "must be later than since")
+    if query.score_min is not None and query.score_max is not None and query.score_min > query.score_max:
+        raise ApiError(400, "score_max", "must not be below score_min")
 
-    stmt = select(*STATUS_COLUMNS).where(Sketch.client == client)
-    if query.status is not None:
-        stmt = stmt.where(Sketch.status == query.status)
-    if query.flagged is not None:
-        stmt = stmt.where(Sketch.flagged.is_(query.flagged))
-    if query.since is not None:
-        stmt = stmt.where(Sketch.submitted_at >= query.since)
-    if query.until is not None:
-        stmt = stmt.where(Sketch.submitted_at < query.until)
-    if query.client_ref is not None:
-        stmt = stmt.where(Sketch.client_ref == query.client_ref)
-    if query.cursor is not None:
-        stmt = stmt.where(Sketch.id < decode_cursor(query.cursor))
+    # The same search and filters as the dashboard's sketches page (service.search).
+    search = SketchSearch(
+        q=query.q or None,
+        score_min=query.score_min,
+        score_max=query.score_max,
+        client=client,
+        client_ref=query.client_ref,
+        status=query.status,
+        flagged=query.flagged,
+        verdict=query.verdict,
+        model_version=query.model_version,
+        since=query.since,
+        until=query.until,
+    )
+    stmt = select(*STATUS_COLUMNS).where(*search.clauses())
+    # A cursor beyond the largest id pages from the top: every id is below it.
+    if query.cursor is not None and query.cursor <= MAX_DB_ID:
+        stmt = stmt.where(Sketch.id < query.cursor)
     rows = db.session.execute(stmt.order_by(Sketch.id.desc()).limit(query.limit + 1)).all()
     more = len(rows) > query.limit
     rows = rows[: query.limit]

@@ -1,7 +1,12 @@
-"""``GET /api/v1/stats/histogram``: the overview's histogram, threshold and counts as JSON."""
+"""``GET /api/v1/stats/histogram``: the overview's histogram, threshold and counts as JSON.
+
+A client key's numbers cover only its own sketches; an admin key and a dashboard session see every
+client's, or one client's with ``?client=``.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import wraps
 
 from flask import current_app, jsonify, request
@@ -12,8 +17,10 @@ from service import stats
 from service.api import bp
 from service.api.auth_key import require_api_key
 from service.api.errors import ApiError
-from service.api.openapi import document
-from service.dashboard.params import ParamError, parse_bins, parse_bool, parse_filter
+from service.api.openapi import document, json_content, query_param, text_schema, timestamp_schema, yes_no_schema
+from service.api.schemas import HistogramOut
+from service.api.sketches import scoped_client
+from service.params import RANGES, ParamError, parse_bins, parse_bool, parse_filter
 from service.extensions import db
 from service.core.thresholds import current_threshold
 
@@ -37,7 +44,7 @@ def stats_histogram():
     """Histogram with fixed bin edges computed in SQL, plus threshold and counts.
 
     Query parameters: since, until (ISO 8601), range (1h/24h/7d/30d/all), model_version,
-    bins (1-200), log (adds log10(1 + count) per bin).
+    bins (1-200), log (adds log10(1 + count) per bin), client (a client key: only its own name).
     """
     try:
         flt = parse_filter(request.args)
@@ -45,6 +52,11 @@ def stats_histogram():
         log = parse_bool(request.args, "log")
     except ParamError as exc:
         raise ApiError(400, exc.field, exc.message) from None
+    requested = (request.args.get("client") or "").strip() or None
+    if requested is not None and "\x00" in requested:
+        raise ApiError(400, "client", "must not contain NUL characters")
+    # A dashboard session is staff: every client, like the overview page. A key goes through its scope.
+    flt = replace(flt, client=requested if current_user.is_authenticated else scoped_client(requested))
     hist, counts = stats.overview(db.session, flt, bins)
     return jsonify(
         histogram=hist.to_dict(log=log),
@@ -54,12 +66,9 @@ def stats_histogram():
             "since": flt.since.isoformat() if flt.since else None,
             "until": flt.until.isoformat() if flt.until else None,
             "model_version": flt.model_version,
+            "client": flt.client,
         },
     )
-
-
-def _query(name: str, schema: dict, description: str) -> dict:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
@@ -71,24 +80,29 @@ document(
         "description": (
             "Equal-width bins over the stored score range of the selected model version (numpy.histogram "
             "semantics: half-open bins, the last one closed), computed in SQL. The same data as the dashboard "
-            "overview. Authenticated by an API key or a dashboard login session."
+            "overview. A client key's histogram and counts cover only its own sketches (the threshold is the one "
+            "shared by every client); an admin key or a dashboard login session covers every client, or the one "
+            "named by `client`. Authenticated by an API key or a dashboard login session."
         ),
         "operationId": "statsHistogram",
-        "security": [{"apiKey": []}],
+        "security": [{"apiKey": []}, {"session": []}],
         "parameters": [
-            _query("since", {"type": "string", "format": "date-time"}, "window start (inclusive), ISO 8601; naive = UTC"),
-            _query("until", {"type": "string", "format": "date-time"}, "window end (exclusive), ISO 8601"),
-            _query("range", {"enum": ["all", "custom", "1h", "24h", "7d", "30d"]}, "preset window; overrides since/until"),
-            _query("model_version", {"type": "string"}, "only sketches scored by this model version"),
-            _query("bins", {"type": "integer", "minimum": 1, "maximum": stats.MAX_BINS, "default": stats.DEFAULT_BINS}, "number of bins"),
-            _query("log", {"type": "boolean", "default": False}, "also return log10(1 + count) per bin"),
+            query_param("since", timestamp_schema(), "window start (inclusive); `until` must be later"),
+            query_param("until", timestamp_schema("2026-11-29T00:00:00Z"), "window end (exclusive)"),
+            query_param("range", {"enum": ["all", "custom", *RANGES]}, "preset window; overrides since/until"),
+            query_param("model_version", text_schema(), "only sketches scored by this model version"),
+            query_param("bins", {"type": "integer", "minimum": 1, "maximum": stats.MAX_BINS, "default": stats.DEFAULT_BINS}, "number of bins"),
+            query_param("log", yes_no_schema(), "also return log10(1 + count) per bin"),
+            query_param("client", text_schema(), "only this client; a client key may name only itself (403 otherwise)"),
         ],
         "responses": {
-            "200": {"description": "histogram, threshold and counts", "content": {"application/json": {}}},
+            "200": {"description": "histogram, threshold and counts", "content": json_content({"$ref": "#/components/schemas/HistogramOut"})},
             "400": {"description": "bad parameter (the error names it)", "content": _ERROR},
             "401": {"description": "no valid API key and no login session", "content": _ERROR},
+            "403": {"description": "a client key named another client in `client`", "content": _ERROR},
             "429": {"description": "rate limit exceeded", "content": _ERROR},
             "503": {"description": "database unavailable; retry later", "content": _ERROR},
         },
     },
+    models=(HistogramOut,),
 )

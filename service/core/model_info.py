@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
-from pathlib import Path
+from typing import Any
 
-import models
-
-
-def model_dir(configured: str | None) -> Path:
-    """The configured model directory, or the one shipped inside the package."""
-    return Path(configured) if configured else Path(models.__file__).resolve().parent / "shipped"
+from models.artifact import ArtifactError, read_meta, resolve_model_dir
 
 
 @lru_cache(maxsize=8)
-def model_meta(configured: str | None = None) -> dict:
-    """Parsed model.json of the model in use ({} when there is none)."""
-    path = model_dir(configured) / "model.json"
+def model_meta(configured: str | None = None) -> dict[str, Any]:
+    """Parsed model.json of the model in use ({} when it is missing or invalid)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_meta(resolve_model_dir(configured))
+    except ArtifactError:
         return {}

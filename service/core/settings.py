@@ -8,8 +8,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# Peak resident size of one scoring pool process with its model loaded, by scoring runtime, the largest
+# measured. LiteRT: 223-249 MB after 10^4 sketches (numba's LLVM and the imports are most of it). Keras, the
+# fallback for an artifact without model.tflite: 936 MB on a fresh install (CI, the "scoring process ready"
+# line), 769-809 MB on the development machine. Re-measure when the scoring runtime or its imports change.
+POOL_PROCESS_FOOTPRINT_MB = {"litert": 250, "keras": 940}
+# The default memory cap leaves half the footprint again on top: installs differ by a fifth (library builds,
+# CPU kernels), a process grows with the batch shapes it has seen, and the worker reports a process that
+# starts above 90% of its cap.
+MEMORY_CAP_HEADROOM = 1.5
 
 
 def default_data_dir() -> Path:
@@ -46,13 +57,30 @@ class Settings(BaseSettings):
     tf_threads: int = 1
     # A pool process whose peak resident size passed this is replaced after its task (0: never); a leak
     # in TensorFlow or a native library then costs one model load, not the host's memory.
-    worker_max_memory_mb: int = Field(default=1024, ge=0)
+    # None derives it from the runtime the model will load (see POOL_PROCESS_FOOTPRINT_MB).
+    worker_max_memory_mb: int | None = Field(default=None, ge=0)
     # Scoring is background work: at a lower CPU priority it never delays an intake answer on a shared host.
     worker_nice: int = Field(default=10, ge=0, le=19)
     task_max_retries: int = 5
     sweep_interval_s: float = 30.0
     sweep_after_s: float = 120.0
     max_attempts: int = 5
+
+    # Monitoring and alerts (docs/monitoring.md). Beat evaluates every alert rule this often.
+    alert_interval_s: float = Field(default=30.0, ge=1, le=3600)
+    # Webhook destinations an admin may set: hosts, *.domains, IPs or CIDRs, comma-separated. Empty: any
+    # public address, never a private, loopback, link-local or otherwise reserved one (SSRF, see the docs).
+    webhook_allowlist: str = ""
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20)
+    # The first retry waits this long, each next one twice as long (at most webhook_backoff_max_s).
+    webhook_backoff_s: float = Field(default=5.0, ge=0, le=3600)
+    webhook_backoff_max_s: float = Field(default=600.0, ge=0, le=86_400)
+    # The dashboard's address as receivers reach it: the base of the links in webhook payloads.
+    public_url: str = "http://127.0.0.1:8000"
+    # Drift reference: the model's held-out cat score percentiles, or the week before the recent window.
+    drift_reference: Literal["model", "baseline"] = "model"
+    drift_window_s: int = Field(default=3600, ge=60, le=30 * 86_400)
 
     ratelimit_enabled: bool = True
     ratelimit_storage_uri: str = "memory://"
@@ -62,6 +90,15 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("webhook_allowlist")
+    @classmethod
+    def _check_allowlist(cls, value: str) -> str:
+        """Refuse a malformed webhook allowlist at start-up rather than at the first delivery."""
+        from service.core.webhooks import parse_allowlist
+
+        parse_allowlist(value)
+        return value
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> "Settings":
@@ -90,6 +127,16 @@ class Settings(BaseSettings):
     def uses_redis(self) -> bool:
         """True when the broker is Redis (production)."""
         return self.broker_url.startswith(("redis://", "rediss://"))
+
+    @property
+    def memory_cap_mb(self) -> int:
+        """The pool processes' memory cap in MB (0: none): as configured, else derived from the scoring runtime."""
+        if self.worker_max_memory_mb is not None:
+            return self.worker_max_memory_mb
+        from models.artifact import has_tflite
+
+        runtime = "litert" if has_tflite(self.model_dir) else "keras"
+        return round(POOL_PROCESS_FOOTPRINT_MB[runtime] * MEMORY_CAP_HEADROOM)
 
 
 def get_settings(overrides: Mapping[str, Any] | None = None) -> Settings:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.core import sketches
 from service.core.model_info import model_meta
-from service.core.schema import STATUS_SCORED, Sketch, ThresholdChange
+from service.core.schema import ThresholdChange
 
 FALLBACK_THRESHOLD = 0.5
 # Serialises "read threshold + write flags" between workers and a threshold change (PostgreSQL only;
@@ -46,10 +47,5 @@ def apply_threshold(session: Session, settings, value: float, who: str, reason: 
     previous = current_threshold(session, settings)
     change = ThresholdChange(value=float(value), previous=previous, changed_by=who, reason=reason or "")
     session.add(change)
-    session.execute(
-        update(Sketch)
-        .where(Sketch.status == STATUS_SCORED)
-        .values(flagged=Sketch.score > float(value))
-        .execution_options(synchronize_session=False)
-    )
+    sketches.reflag(session, value)
     return change

@@ -126,3 +126,156 @@ def histogram_chart(hist: Histogram, threshold: float | None, log: bool = False,
         else:
             chart.threshold_x = round(x_of(threshold), 2)
     return chart
+
+
+# --------------------------------------------------------------------------- time series (overview trend)
+
+TREND_TICKS = 6
+TIME_FORMATS = {"minute": "%H:%M", "hour": "%m-%d %H:00", "day": "%Y-%m-%d"}
+
+
+@dataclass
+class TrendBar:
+    """One bucket's volume: scored, failed and the rest (queued) stacked, with its tooltip."""
+
+    x: float
+    w: float
+    y_scored: float
+    h_scored: float
+    y_failed: float
+    h_failed: float
+    y_other: float
+    h_other: float
+    title: str
+
+
+@dataclass
+class TrendLine:
+    """A polyline (one run of buckets with a value) of one measure."""
+
+    name: str
+    points: str
+
+
+@dataclass
+class TrendMark:
+    """A vertical marker: a threshold change or a model version first seen."""
+
+    x: float
+    kind: str
+    label: str
+    at: str
+
+
+@dataclass
+class TrendChart:
+    """Everything the trend templates draw: geometry in SVG units plus axis labels."""
+
+    width: int
+    height: int
+    left: float
+    right: float
+    top: float
+    bottom: float
+    bars: list[TrendBar] = field(default_factory=list)
+    lines: list[TrendLine] = field(default_factory=list)
+    marks: list[TrendMark] = field(default_factory=list)
+    x_ticks: list[tuple[float, str, str]] = field(default_factory=list)  # (x, label, text-anchor)
+    y_ticks: list[tuple[float, str]] = field(default_factory=list)
+    y_title: str = ""
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _num(v: float | None, fmt: str = ".3f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def bucket_title(p, bucket: str) -> str:
+    """A bucket's tooltip: its start and every measure."""
+    start = p.start.strftime(TIME_FORMATS[bucket] if bucket != "hour" else "%Y-%m-%d %H:00")
+    return (
+        f"{start} UTC: {p.submitted:,} submitted, {p.scored:,} scored, {p.flagged:,} flagged "
+        f"({_pct(p.flag_rate)}), {p.failed:,} failed; score p50 {_num(p.p50)}, p95 {_num(p.p95)}; "
+        f"lag mean {_num(p.lag_avg_s, '.2f')} s, max {_num(p.lag_max_s, '.2f')} s"
+    )
+
+
+def _frame(width: int, height: int) -> TrendChart:
+    return TrendChart(width=width, height=height, left=MARGIN_LEFT, right=width - MARGIN_RIGHT, top=MARGIN_TOP,
+                      bottom=height - MARGIN_BOTTOM)  # fmt: skip
+
+
+def _time_axis(chart: TrendChart, series) -> None:
+    n = max(len(series.points), 1)
+    step = (chart.right - chart.left) / n
+    picks = sorted({round(k * (n - 1) / max(TREND_TICKS - 1, 1)) for k in range(TREND_TICKS)}) if n > 1 else [0]
+    # Labels near either edge are anchored inside the chart.
+    chart.x_ticks = [
+        (round(chart.left + step * (i + 0.5), 2), series.points[i].start.strftime(TIME_FORMATS[series.bucket]),
+         "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle")
+        for i in picks
+        if i < len(series.points)
+    ]
+    span = (series.until - series.since).total_seconds() or 1.0
+    for m in series.marks:
+        frac = min(max((m.at - series.since).total_seconds() / span, 0.0), 1.0)
+        chart.marks.append(TrendMark(x=round(chart.left + (chart.right - chart.left) * frac, 2), kind=m.kind,
+                                     label=m.label, at=m.at.strftime("%Y-%m-%d %H:%M:%S UTC")))  # fmt: skip
+
+
+def volume_chart(series, width: int = 760, height: int = 200) -> TrendChart:
+    """Stacked bars per bucket: scored, failed and still queued sketches."""
+    chart = _frame(width, height)
+    chart.y_title = "sketches"
+    n = max(len(series.points), 1)
+    step = (chart.right - chart.left) / n
+    top = max((p.submitted for p in series.points), default=0)
+    ticks = _linear_y_ticks(int(top))
+    y_top = max(float(ticks[-1]), float(top), 1.0)
+    scale = (chart.bottom - chart.top) / y_top
+    chart.y_ticks = [(round(chart.bottom - t * scale, 2), f"{t:,}") for t in ticks]
+    for i, p in enumerate(series.points):
+        x = chart.left + step * i
+        h_s, h_f = p.scored * scale, p.failed * scale
+        h_o = max(p.submitted - p.scored - p.failed, 0) * scale
+        y_s = chart.bottom - h_s
+        y_f = y_s - h_f
+        chart.bars.append(TrendBar(
+            x=round(x, 2), w=round(max(step - 1, 0.5), 2), y_scored=round(y_s, 2), h_scored=round(h_s, 2),
+            y_failed=round(y_f, 2), h_failed=round(h_f, 2), y_other=round(y_f - h_o, 2), h_other=round(h_o, 2),
+            title=bucket_title(p, series.bucket),
+        ))  # fmt: skip
+    _time_axis(chart, series)
+    return chart
+
+
+def rate_chart(series, width: int = 760, height: int = 200) -> TrendChart:
+    """Lines over [0, 1]: the flag rate and the p50/p95 scores per bucket (gaps where nothing was scored)."""
+    chart = _frame(width, height)
+    chart.y_title = "rate · score"
+    n = max(len(series.points), 1)
+    step = (chart.right - chart.left) / n
+    chart.y_ticks = [(round(chart.bottom - (chart.bottom - chart.top) * t, 2), f"{t:g}") for t in (0, 0.25, 0.5, 0.75, 1)]
+    for name, get in (("flag_rate", lambda p: p.flag_rate), ("p50", lambda p: p.p50), ("p95", lambda p: p.p95)):
+        run: list[str] = []
+        for i, p in enumerate(series.points):
+            v = get(p)
+            if v is None:
+                if run:
+                    chart.lines.append(TrendLine(name, " ".join(run)))
+                run = []
+                continue
+            x = chart.left + step * (i + 0.5)
+            y = chart.bottom - (chart.bottom - chart.top) * min(max(v, 0.0), 1.0)
+            run.append(f"{x:.2f},{y:.2f}")
+        if run:
+            chart.lines.append(TrendLine(name, " ".join(run)))
+    for i, p in enumerate(series.points):
+        chart.bars.append(TrendBar(x=round(chart.left + step * i, 2), w=round(step, 2), y_scored=chart.top,
+                                   h_scored=chart.bottom - chart.top, y_failed=0, h_failed=0, y_other=0, h_other=0,
+                                   title=bucket_title(p, series.bucket)))  # fmt: skip
+    _time_axis(chart, series)
+    return chart

@@ -1,30 +1,26 @@
-"""Flagged gallery, sketch detail page and the thumbnail images."""
+"""Flagged gallery and the bitmap images (input, reconstruction, pair, difference)."""
 
 from __future__ import annotations
 
-import json
-
-from flask import abort, make_response, render_template, request, url_for
+from flask import abort, current_app, make_response, render_template, request
 from sqlalchemy import select
 
-from service import images
-from service.auth.access import safe_next
+from service import images, stats
 from service.dashboard import bp
-from service.dashboard.listing import DEFAULT_PER_PAGE, MAX_PER_PAGE, SORTS, STATES, flagged_page
-from service.dashboard.params import ParamError, parse_int
-from service.extensions import db
-from service.reviews import review_history
+from service.dashboard.listing import DEFAULT_PER_PAGE, MAX_PER_PAGE, SORT_NAMES, SORTS, STATES, flagged_page
+from service.params import ParamError, parse_int
+from service.extensions import app_settings, db
 from service.core.schema import Sketch
+from service.core.thresholds import current_threshold
 
-GALLERY_SCALE = 3
-DETAIL_SCALE = 8
+GALLERY_SCALE = 4
 # Images are derived from bytes that never change once stored; the ETag guards the rare rescore.
 IMAGE_CACHE = "private, max-age=86400"
 
 
 @bp.get("/flagged")
 def flagged():
-    """Flagged sketches with their reconstructions; sortable, filterable by review state, paginated."""
+    """Flagged sketches with their explanations; sortable, filterable by review state, paginated."""
     state = request.args.get("state", "all")
     sort = request.args.get("sort", "score")
     try:
@@ -36,30 +32,20 @@ def flagged():
         per_page = parse_int(request.args, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
     except ParamError as exc:
         abort(400, description=str(exc))
-    page = flagged_page(db.session, state=state, sort=sort, page=page_no, per_page=per_page)
+    session = db.session
+    page = flagged_page(session, state=state, sort=sort, page=page_no, per_page=per_page)
     return render_template(
-        "dashboard/flagged.html", page=page, state=state, sort=sort, states=STATES, sorts=list(SORTS), scale=GALLERY_SCALE
-    )
-
-
-def pretty_json(value) -> str:
-    """Indented JSON as plain text; the template escapes it like any other user data."""
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
-
-
-@bp.get("/sketches/<int:sketch_id>")
-def detail(sketch_id: int):
-    """One sketch: larger images, difference map, metadata and review history."""
-    sketch = db.session.get(Sketch, sketch_id) or abort(404, description=f"sketch {sketch_id} does not exist")
-    return render_template(
-        "dashboard/detail.html",
-        sketch=sketch,
-        history=review_history(db.session, sketch_id),
-        meta_items=sorted((str(k), v) for k, v in (sketch.meta or {}).items()) if isinstance(sketch.meta, dict) else [],
-        meta_json=pretty_json(sketch.meta) if sketch.meta is not None else None,
-        pretty_json=pretty_json,
-        scale=DETAIL_SCALE,
-        back_url=safe_next(request.args.get("next")) or url_for("dashboard.flagged"),
+        "dashboard/flagged.html",
+        page=page,
+        state=state,
+        sort=sort,
+        states=STATES,
+        sorts=list(SORTS),
+        sort_names=SORT_NAMES,
+        scale=GALLERY_SCALE,
+        threshold=current_threshold(session, app_settings(current_app)),
+        progress=stats.flagged_progress(session),
+        reviewers=stats.reviewer_counts(session),
     )
 
 

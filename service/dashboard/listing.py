@@ -1,4 +1,4 @@
-"""The flagged-sketch queries behind the gallery and the CSV export (indexed, paginated in SQL)."""
+"""The sketch queries behind the galleries, the sketches page and the CSV exports (indexed, paginated in SQL)."""
 
 from __future__ import annotations
 
@@ -12,25 +12,33 @@ from sqlalchemy.orm import Session
 from service.core.schema import VERDICT_ANOMALY, VERDICT_CAT, Review, Sketch
 
 STATES = ("all", "unreviewed", "anomaly", "cat")
-SORTS = {
-    "score": (Sketch.score.desc(), Sketch.id.desc()),
-    "score_asc": (Sketch.score.asc(), Sketch.id.asc()),
-    "time": (Sketch.submitted_at.desc(), Sketch.id.desc()),
-    "time_asc": (Sketch.submitted_at.asc(), Sketch.id.asc()),
+# Each sort as (column, descending) pairs, ending in the id so that every row has one place.
+SORT_KEYS = {
+    "score": ((Sketch.score, True), (Sketch.id, True)),
+    "score_asc": ((Sketch.score, False), (Sketch.id, False)),
+    "time": ((Sketch.submitted_at, True), (Sketch.id, True)),
+    "time_asc": ((Sketch.submitted_at, False), (Sketch.id, False)),
 }
+SORTS = {name: tuple(c.desc() if d else c.asc() for c, d in keys) for name, keys in SORT_KEYS.items()}
+SORT_NAMES = {"score": "score, highest first", "score_asc": "score, lowest first", "time": "newest first",
+              "time_asc": "oldest first"}
 DEFAULT_PER_PAGE = 48
 MAX_PER_PAGE = 200
 
-# Only what a gallery card shows: never the drawing JSON or the bitmaps.
+# Only what a card shows: never the drawing JSON or the bitmaps (metadata is bounded by the intake).
 CARD_COLUMNS = (
     Sketch.id,
     Sketch.client,
+    Sketch.client_ref,
     Sketch.submitted_at,
     Sketch.score,
     Sketch.threshold,
     Sketch.model_version,
     Sketch.verdict,
     Sketch.flagged,
+    Sketch.status,
+    Sketch.source_format,
+    Sketch.meta,
 )
 
 
@@ -93,26 +101,41 @@ def flagged_page(session: Session, state: str = "all", sort: str = "score", page
     return Page(items=rows, total=int(total), page=page, per_page=per_page)
 
 
-def export_query(state: str = "all") -> Select:
-    """Flagged or reviewed sketches with their latest reviewer, for the CSV export."""
-    last = select(Review.reviewer, Review.created_at).where(Review.sketch_id == Sketch.id).order_by(Review.id.desc()).limit(1)
+def export_query(state: str = "all", sort: str = "score") -> Select:
+    """Flagged or reviewed sketches, in the gallery's sort order, for the CSV export."""
+    if sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+    return export_select(or_(Sketch.flagged == true(), Sketch.verdict.is_not(None)), state_clause(state)).order_by(
+        *SORTS[sort]
+    )
+
+
+def export_select(*where) -> Select:
+    """Sketches matching ``where`` with the staff reviewer of their verdict and their metadata, for a CSV export.
+
+    A client's own label (``by_client``) is not the sketch's verdict, so its author is not the reviewer.
+    """
+    last = (
+        select(Review.reviewer, Review.created_at)
+        .where(Review.sketch_id == Sketch.id, Review.by_client.is_(False))
+        .order_by(Review.id.desc())
+        .limit(1)
+    )
     last_reviewer = last.with_only_columns(Review.reviewer).scalar_subquery()
     last_reviewed = last.with_only_columns(Review.created_at).scalar_subquery()
-    return (
-        select(
-            Sketch.id,
-            Sketch.client,
-            Sketch.client_ref,
-            Sketch.submitted_at,
-            Sketch.scored_at,
-            Sketch.score,
-            Sketch.threshold,
-            Sketch.flagged,
-            Sketch.model_version,
-            Sketch.verdict,
-            last_reviewer.label("reviewer"),
-            last_reviewed.label("reviewed_at"),
-        )
-        .where(or_(Sketch.flagged == true(), Sketch.verdict.is_not(None)), state_clause(state))
-        .order_by(Sketch.id)
-    )
+    return select(
+        Sketch.id,
+        Sketch.client,
+        Sketch.client_ref,
+        Sketch.submitted_at,
+        Sketch.scored_at,
+        Sketch.score,
+        Sketch.threshold,
+        Sketch.flagged,
+        Sketch.model_version,
+        Sketch.verdict,
+        last_reviewer.label("reviewer"),
+        last_reviewed.label("reviewed_at"),
+        Sketch.status,
+        Sketch.meta.label("metadata"),
+    ).where(*where)

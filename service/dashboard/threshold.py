@@ -1,22 +1,24 @@
-"""Threshold page: live preview, suggestions, apply (admins only) and the change history."""
+"""Threshold page: live preview, suggestions, apply (admins only, confirmed) and the change history.
+
+A new value must lie within the score's range (stats.threshold_bounds) and is applied only after the
+admin confirmed it, having been told how many stored sketches change flag (counted in SQL).
+"""
 
 from __future__ import annotations
-
-import math
 
 from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy import func, select, true
-from wtforms import FloatField, StringField
-from wtforms.validators import DataRequired, InputRequired, Length, ValidationError
+from wtforms import HiddenField, StringField
+from wtforms.validators import DataRequired, Length, StopValidation
 
 from service.extensions import app_settings
-from service import stats
+from service import audit, quality, stats
 from service.auth.access import has_role, role_required
 from service.dashboard import bp
 from service.dashboard.charts import histogram_chart
-from service.dashboard.params import ParamError, parse_float
+from service.params import ParamError, parse_threshold
 from service.extensions import db
 from service.core.model_info import model_meta
 from service.core.schema import ROLE_ADMIN, Sketch, ThresholdChange
@@ -24,18 +26,26 @@ from service.core.thresholds import apply_threshold, current_threshold
 
 HISTORY_ROWS = 50
 SLIDER_STEPS = 1000
+CONFIRMED = "yes"
 
 
-def _finite(_form, field) -> None:
-    if field.data is None or not math.isfinite(field.data):
-        raise ValidationError("must be a finite number")
+def _threshold_value(form: "ThresholdForm", field) -> None:
+    # A text field parsed here: one message whatever is wrong, and the box keeps what was typed.
+    try:
+        form.number = parse_threshold(field.data, form.bounds)
+    except ParamError as exc:
+        raise StopValidation(exc.message) from None
 
 
 class ThresholdForm(FlaskForm):
-    """A new threshold and why."""
+    """A new threshold, why, and whether the admin confirmed it."""
 
-    value = FloatField("New threshold", validators=[InputRequired(), _finite])
+    value = StringField("New threshold", validators=[_threshold_value])
     reason = StringField("Reason", validators=[DataRequired(), Length(max=500)])
+    confirm = HiddenField()
+
+    bounds: tuple[float, float] = stats.SCORE_RANGE
+    number: float | None = None
 
 
 def _settings():
@@ -46,9 +56,10 @@ def _percentiles() -> list[tuple[float, float]]:
     return stats.parse_percentiles(model_meta(_settings().model_dir))
 
 
-def _page(form: ThresholdForm, status: int = 200):
+def _page(form: ThresholdForm, status: int = 200, confirm: stats.FlagChanges | None = None):
     session = db.session
     threshold = current_threshold(session, _settings())
+    shown = form.number if form.number is not None else threshold
     hist = stats.histogram(session)
     # The slider spans the stored scores and the current threshold, wherever that lies.
     lo, hi = min(hist.lo, threshold), max(hist.hi, threshold)
@@ -57,13 +68,23 @@ def _page(form: ThresholdForm, status: int = 200):
     history = session.execute(select(ThresholdChange).order_by(ThresholdChange.id.desc()).limit(HISTORY_ROWS)).scalars().all()
     changes = session.execute(select(func.count()).select_from(ThresholdChange)).scalar_one()
     percentiles = _percentiles()
+    audit_round = audit.current_round(session)
     return render_template(
         "dashboard/threshold.html",
         form=form,
         threshold=threshold,
-        preview=stats.preview(session, threshold, percentiles),
+        preview=stats.preview(session, shown, percentiles),
+        flips=stats.flag_changes(session, shown),
+        shown=shown,
+        bounds=form.bounds,
+        confirm=confirm,
         percentiles=percentiles,
-        f1=stats.f1_optimal_threshold(session),
+        # Suggestions and precision/recall rest on the audit sample's weighted reviews (service.quality).
+        estimate=quality.estimate(session, audit_round, shown),
+        chip_estimates={v: quality.estimate(session, audit_round, v) for _p, v in percentiles},
+        f1=quality.f1_suggestion(session, audit_round),
+        audit_round=audit_round,
+        min_reviews=quality.MIN_REVIEWS_PER_STRATUM,
         chart=histogram_chart(hist, threshold),
         slider_lo=lo,
         slider_hi=hi,
@@ -77,30 +98,45 @@ def _page(form: ThresholdForm, status: int = 200):
 @bp.get("/threshold")
 def threshold():
     """The threshold page."""
-    form = ThresholdForm(formdata=None, value=current_threshold(db.session, _settings()))
+    form = ThresholdForm(formdata=None, value=repr(current_threshold(db.session, _settings())))
+    form.bounds = stats.threshold_bounds(db.session)
     return _page(form)
 
 
 @bp.get("/threshold/preview")
 def threshold_preview():
-    """JSON: what threshold ``t`` would flag, its precision/recall on reviews, and percentile position."""
+    """JSON: what threshold ``t`` would flag, how many flags change, precision/recall, percentile position.
+
+    A value an admin could not apply (outside the score's range, not a number) is a 400 with the message
+    the apply form would show.
+    """
     try:
-        t = parse_float(request.args, "t")
+        t = parse_threshold(request.args.get("t"), stats.threshold_bounds(db.session), "t")
     except ParamError as exc:
         resp = jsonify(error={"field": exc.field, "message": exc.message})
         resp.status_code = 400
         return resp
-    return jsonify(stats.preview(db.session, t, _percentiles()).to_dict())
+    body = stats.preview(db.session, t, _percentiles()).to_dict()
+    body["changes"] = stats.flag_changes(db.session, t).to_dict()
+    est = quality.estimate(db.session, audit.current_round(db.session), t)
+    body["estimate"] = est.to_dict() if est is not None else None
+    return jsonify(body)
 
 
 @bp.post("/threshold")
 @role_required(ROLE_ADMIN)
 def apply():
-    """Apply a new threshold: recorded with who/when/old/new/reason, all stored sketches re-flagged."""
+    """Apply a new threshold once confirmed: recorded with who/when/old/new/reason, stored sketches re-flagged.
+
+    A valid value not yet confirmed answers the page with the confirmation: how many sketches change flag.
+    """
     form = ThresholdForm()
+    form.bounds = stats.threshold_bounds(db.session)
     if not form.validate_on_submit():
         return _page(form, 400)
-    change = apply_threshold(db.session, _settings(), form.value.data, current_user.username, form.reason.data.strip())
+    if form.confirm.data != CONFIRMED:
+        return _page(form, confirm=stats.flag_changes(db.session, form.number))
+    change = apply_threshold(db.session, _settings(), form.number, current_user.username, form.reason.data.strip())
     db.session.commit()
     flagged = db.session.execute(select(func.count()).select_from(Sketch).where(Sketch.flagged == true())).scalar_one()
     current_app.logger.info(

@@ -1,22 +1,19 @@
 """Browser-test support: seeding a live stack through its API, database reads, login and screenshots.
 
-Screenshots of every main page go to ``test-artifacts/screenshots/`` (full page) and, shrunk to a
-palette PNG of the viewport, to ``docs/screenshots/`` for the README.
+Screenshots of every main page go to the screenshot folder (``$SKETCHWATCH_SCREENSHOT_DIR``, else a
+pytest temporary folder), never into the repository: ``<name>.png`` (full page) and
+``<name>.viewport.png`` (what the window shows). ``python -m tests.browser.refresh_screenshots`` turns
+the viewport ones into the README's pictures in ``docs/screenshots/``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import requests
-from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts" / "screenshots"
-DOCS_SHOTS = REPO / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = [
     "--headless",
@@ -102,11 +99,7 @@ def log_in(page, stack, role: str = "admin") -> None:
     page.wait_for_url(lambda url: "/login" not in url)
 
 
-def screenshot(page, name: str) -> None:
-    """Full-page PNG into test-artifacts/, and a small palette PNG of the viewport into docs/screenshots/."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    img = Image.open(io.BytesIO(page.screenshot(full_page=False)))
-    img = img.convert("RGB").quantize(colors=96, method=Image.Quantize.MEDIANCUT)
-    img.save(DOCS_SHOTS / f"{name}.png", optimize=True)
+def save_screenshots(page, name: str, out_dir: Path) -> None:
+    """``<name>.png`` (full page) and ``<name>.viewport.png`` (the window) of ``page`` into ``out_dir``."""
+    page.screenshot(path=str(out_dir / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(out_dir / f"{name}.viewport.png"), full_page=False)

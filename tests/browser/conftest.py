@@ -7,10 +7,12 @@ It is seeded once per module with real Quick Draw drawings submitted through the
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, LAUNCH_ARGS, SCORE_TIMEOUT_S, VIEWPORT, seed
+from browser_support import CHROMIUM, LAUNCH_ARGS, SCORE_TIMEOUT_S, VIEWPORT, save_screenshots, seed
 
 # Every test logs in through the form; the default login limit is meant for people, not a suite.
 STACK_ENV = {"SKETCHWATCH_RATELIMIT_LOGIN": "1000 per minute"}
@@ -22,6 +24,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory) -> Path:
+    """Where screenshots go: $SKETCHWATCH_SCREENSHOT_DIR, else a pytest temporary folder (never the repository)."""
+    configured = os.environ.get("SKETCHWATCH_SCREENSHOT_DIR")
+    path = Path(configured) if configured else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def screenshot(screenshot_dir):
+    """``screenshot(page, name)``: save the page's screenshots into the screenshot folder."""
+    return functools.partial(save_screenshots, out_dir=screenshot_dir)
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,14 @@ from playwright.sync_api import expect
 
 from service.core.schema import Sketch
 
-from browser_support import EVIL_CLIENT, EVIL_META, api_status, column, log_in, scalar, screenshot
+from browser_support import EVIL_CLIENT, EVIL_META, api_status, column, log_in, scalar
 
 
 def _int(text: str) -> int:
     return int(text.replace(",", "").strip())
 
 
-def test_anonymous_visitors_are_turned_away(page, live):
+def test_anonymous_visitors_are_turned_away(page, live, screenshot):
     page.goto("/threshold")
     expect(page).to_have_url(re.compile(r"/login\?next=%2Fthreshold|/login\?next=/threshold"))
     expect(page.locator('[data-testid="login-submit"]')).to_be_visible()
@@ -31,7 +31,7 @@ def test_anonymous_visitors_are_turned_away(page, live):
     expect(page.locator('[data-testid="login-error"]')).to_be_visible()
 
 
-def test_overview_shows_histogram_and_threshold_line(page, live):
+def test_overview_shows_histogram_and_threshold_line(page, live, screenshot):
     log_in(page, live, "admin")
     page.goto("/")
     histogram = page.locator('[data-testid="histogram"]')
@@ -53,7 +53,7 @@ def test_overview_shows_histogram_and_threshold_line(page, live):
     expect(page.locator('[data-testid="histogram"]')).to_have_attribute("aria-label", re.compile("log counts"))
 
 
-def test_threshold_preview_and_apply_change_flags_and_gallery(page, live):
+def test_threshold_preview_and_apply_change_flags_and_gallery(page, live, screenshot):
     log_in(page, live, "admin")
     page.goto("/threshold")
     scores = sorted(column(live, "SELECT score FROM sketches WHERE score IS NOT NULL"))
@@ -75,6 +75,9 @@ def test_threshold_preview_and_apply_change_flags_and_gallery(page, live):
 
     page.locator('[data-testid="threshold-reason"]').fill("browser test: flag more")
     page.locator('[data-testid="threshold-apply"]').click()
+    # Applying asks first (issue 13): the confirmation names how many sketches change flag.
+    expect(page.locator('[data-testid="threshold-confirm"]')).to_be_visible()
+    page.locator('[data-testid="threshold-confirm-apply"]').click()
     expect(page.locator(".flash-success")).to_contain_text(f"{expected:,} sketches are now flagged")
     expect(page.locator('[data-testid="current-threshold"]')).to_have_text(f"{new_t:.6g}")
     expect(page.locator('[data-testid="threshold-history"]')).to_contain_text("browser test: flag more")
@@ -86,7 +89,7 @@ def test_threshold_preview_and_apply_change_flags_and_gallery(page, live):
     expect(page.locator('[data-testid="flagged-item"]')).to_have_count(expected)
 
 
-def test_review_persists_after_reload(page, live):
+def test_review_persists_after_reload(page, live, screenshot):
     log_in(page, live, "reviewer")
     page.goto("/flagged?state=unreviewed&sort=score")
     first = page.locator('[data-testid="flagged-item"]').first
@@ -142,7 +145,7 @@ def test_reviewer_cannot_apply_a_threshold(page, live):
     expect(page.locator("h1")).to_contain_text("403")
 
 
-def test_admin_pages(page, live):
+def test_admin_pages(page, live, screenshot):
     log_in(page, live, "admin")
     page.goto("/admin/users")
     expect(page.locator(f'[data-testid="user-row"][data-username="{live.reviewer[0]}"]')).to_be_visible()
@@ -180,7 +183,7 @@ def _draw_cat(page) -> None:
     stroke([(0.7, 0.66), (0.92, 0.62)])
 
 
-def test_drawing_is_scored_by_the_worker(page, live):
+def test_drawing_is_scored_by_the_worker(page, live, screenshot):
     log_in(page, live, "reviewer")
     page.goto("/draw")
     expect(page.locator('[data-testid="draw-submit"]')).to_be_disabled()

@@ -23,6 +23,7 @@
             var msg = (body && body.error && body.error.message) || ("HTTP " + resp.status);
             var err = new Error(msg);
             err.status = resp.status;
+            err.body = body;
             throw err;
           }
           return body;
@@ -62,6 +63,21 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    // On a phone the menu is one scrollable line: bring the current page's entry into view.
+    var nav = document.querySelector(".mainnav");
+    if (nav) {
+      var here = nav.querySelector('[aria-current="page"]');
+      if (here && nav.scrollWidth > nav.clientWidth) {
+        nav.scrollLeft = here.offsetLeft - nav.clientWidth / 2 + here.offsetWidth / 2;
+      }
+      var edges = function () {
+        nav.classList.toggle("more-left", nav.scrollLeft > 2);
+        nav.classList.toggle("more-right", nav.scrollLeft + nav.clientWidth < nav.scrollWidth - 2);
+      };
+      nav.addEventListener("scroll", edges, { passive: true });
+      window.addEventListener("resize", edges);
+      edges();
+    }
     // A preset time window and typed dates exclude each other: picking one clears the other.
     document.querySelectorAll("select[data-window-preset]").forEach(function (select) {
       var form = select.form;

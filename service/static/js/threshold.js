@@ -1,4 +1,5 @@
-/* Threshold page: number input and slider kept in sync, live preview, moving threshold line. */
+/* Threshold page: value box and slider kept in sync, live preview, moving threshold line, and one error
+   message for a bad value (the server's, from the preview endpoint, in the same place as after a submit). */
 (function () {
   "use strict";
 
@@ -10,12 +11,14 @@
     if (!form) { return; }
     var input = document.getElementById("threshold-input");
     var slider = document.getElementById("threshold-slider");
+    var error = document.getElementById("threshold-error");
     var previewUrl = form.getAttribute("data-preview-url");
     var svg = document.querySelector('svg[data-testid="histogram"]');
     var line = svg && svg.querySelector('[data-testid="threshold-line"]');
     var label = svg && svg.querySelector('[data-testid="threshold-label"]');
     var out = {
       count: document.querySelector('[data-testid="preview-count"]'),
+      changes: document.querySelector('[data-testid="preview-changes"]'),
       precision: document.querySelector('[data-testid="preview-precision"]'),
       recall: document.querySelector('[data-testid="preview-recall"]'),
       reviewed: document.querySelector('[data-testid="preview-reviewed"]'),
@@ -45,8 +48,21 @@
       });
     }
 
+    /* The typed value as a number, or NaN; unlike parseFloat, "0.3abc" and "" are not numbers. */
+    function typed() {
+      var text = input.value.trim();
+      return text === "" ? NaN : Number(text);
+    }
+
+    function setError(message) {
+      error.textContent = message || "";
+      error.hidden = !message;
+      if (message) { input.setAttribute("aria-invalid", "true"); } else { input.removeAttribute("aria-invalid"); }
+    }
+
     function show(p) {
       out.count.textContent = p.flagged.toLocaleString("en-US");
+      if (out.changes && p.changes) { out.changes.textContent = p.changes.total.toLocaleString("en-US"); }
       out.precision.textContent = pct(p.precision);
       out.recall.textContent = pct(p.recall);
       out.reviewed.textContent = p.reviewed.toLocaleString("en-US");
@@ -55,23 +71,45 @@
         text += "; about " + pct(p.position.cat_flag_rate) + " of normal cats would be flagged";
       }
       out.position.textContent = text + ".";
+      if (p.estimate) { showEstimate(p.estimate); }
+    }
+
+    /* The audit sample's estimates at the previewed value: point and confidence interval per metric. */
+    function showEstimate(e) {
+      ["precision", "recall", "f1"].forEach(function (name) {
+        var el = document.querySelector('[data-testid="estimate-' + name + '"]');
+        if (!el) { return; }
+        var m = e[name];
+        el.setAttribute("data-value", m.value === null ? "" : m.value);
+        el.setAttribute("data-low", m.low);
+        el.setAttribute("data-high", m.high);
+        el.querySelector(".n").textContent = m.value === null ? "–" : (m.value * 100).toFixed(0) + "%";
+        el.querySelector(".ci").textContent = (m.low * 100).toFixed(0) + "–" + (m.high * 100).toFixed(0) + "%";
+      });
     }
 
     function refresh() {
-      var t = parseFloat(input.value);
-      if (!isFinite(t)) { return; }
-      moveLine(t);
+      var t = typed();
+      if (isFinite(t)) { moveLine(t); }
       var mine = ++seq;
       form.setAttribute("data-preview-state", "loading");
       window.SW.getJSON(previewUrl + "?t=" + encodeURIComponent(input.value))
         .then(function (p) {
           if (mine !== seq) { return; } // a newer request is on its way; drop this one
+          setError(null);
           show(p);
           form.setAttribute("data-preview-state", "ready");
           form.setAttribute("data-preview-t", String(p.threshold));
         })
         .catch(function (err) {
-          if (mine === seq) { out.position.textContent = "Preview failed: " + err.message; form.setAttribute("data-preview-state", "error"); }
+          if (mine !== seq) { return; }
+          if (err.status === 400) {
+            setError(err.message); // the same message the apply form would give
+            form.setAttribute("data-preview-state", "invalid");
+          } else {
+            out.position.textContent = "Preview failed: " + err.message;
+            form.setAttribute("data-preview-state", "error");
+          }
         });
     }
 
@@ -81,7 +119,7 @@
     }
 
     input.addEventListener("input", function () {
-      var t = parseFloat(input.value);
+      var t = typed();
       if (isFinite(t)) { slider.value = t; }
       schedule();
     });

@@ -1,4 +1,7 @@
-"""Parsing and validating query parameters shared by the dashboard pages and the stats API."""
+"""Parsing and validating query parameters shared by the dashboard pages and the stats API.
+
+Outside both packages, so that the API does not import the dashboard (nor the dashboard the API).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 
+from service.core.query_syntax import parse_integer, parse_timestamp, parse_yes_no
 from service.stats import DEFAULT_BINS, MAX_BINS, StatsFilter
 
 # Quick time windows offered on the overview ("all" means no window).
@@ -15,8 +19,6 @@ RANGES = {
     "7d": timedelta(days=7),
     "30d": timedelta(days=30),
 }
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
 
 
 class ParamError(ValueError):
@@ -29,20 +31,19 @@ class ParamError(ValueError):
 
 
 def parse_time(args: Mapping[str, str], name: str) -> datetime | None:
-    """An ISO 8601 date or date-time parameter (naive means UTC), or None when absent."""
-    raw = (args.get(name) or "").strip()
+    """An ISO 8601 date or date-time parameter (naive means UTC; the syntax of service.core.query_syntax), or None when absent or empty."""
+    raw = args.get(name) or ""
     if not raw:
         return None
     try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ParamError(name, f"not an ISO 8601 date or date-time: {raw!r}") from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return parse_timestamp(raw)
+    except ValueError as exc:
+        raise ParamError(name, str(exc)) from None
 
 
 def parse_filter(args: Mapping[str, str], now: datetime | None = None) -> StatsFilter:
     """A StatsFilter from ``range`` (1h/24h/7d/30d/all) or ``since``/``until``, and ``model_version``."""
-    window = (args.get("range") or "").strip()
+    window = args.get("range") or ""
     since = parse_time(args, "since")
     until = parse_time(args, "until")
     if window and window not in ("all", "custom"):
@@ -52,6 +53,8 @@ def parse_filter(args: Mapping[str, str], now: datetime | None = None) -> StatsF
     elif window == "all":
         since = until = None
     model_version = (args.get("model_version") or "").strip() or None
+    if model_version is not None and "\x00" in model_version:
+        raise ParamError("model_version", "must not contain NUL characters")
     try:
         return StatsFilter(since=since, until=until, model_version=model_version)
     except ValueError as exc:
@@ -59,14 +62,14 @@ def parse_filter(args: Mapping[str, str], now: datetime | None = None) -> StatsF
 
 
 def parse_int(args: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    """An integer parameter within [lo, hi]."""
-    raw = (args.get(name) or "").strip()
+    """An integer parameter within [lo, hi]; ``default`` when absent or empty."""
+    raw = args.get(name) or ""
     if not raw:
         return default
     try:
-        value = int(raw)
-    except ValueError:
-        raise ParamError(name, f"not an integer: {raw!r}") from None
+        value = parse_integer(raw)
+    except ValueError as exc:
+        raise ParamError(name, str(exc)) from None
     if not lo <= value <= hi:
         raise ParamError(name, f"must be between {lo} and {hi}, got {value}")
     return value
@@ -78,13 +81,14 @@ def parse_bins(args: Mapping[str, str]) -> int:
 
 
 def parse_bool(args: Mapping[str, str], name: str) -> bool:
-    """A yes/no parameter (1/0, true/false, on/off, yes/no)."""
-    raw = (args.get(name) or "").strip().lower()
-    if raw in TRUE_WORDS:
-        return True
-    if raw in FALSE_WORDS:
+    """A yes/no parameter (true/false, True/False, 1/0, yes/no, on/off); False when absent or empty."""
+    raw = args.get(name) or ""
+    if not raw:
         return False
-    raise ParamError(name, f"expected a yes/no value, got {raw!r}")
+    try:
+        return parse_yes_no(raw)
+    except ValueError as exc:
+        raise ParamError(name, str(exc)) from None
 
 
 def parse_float(args: Mapping[str, str], name: str) -> float:
@@ -99,3 +103,28 @@ def parse_float(args: Mapping[str, str], name: str) -> float:
     if not math.isfinite(value):
         raise ParamError(name, "must be a finite number")
     return value
+
+
+def parse_threshold(raw: str | None, bounds: tuple[float, float], name: str = "value") -> float:
+    """A threshold typed by an admin, within ``bounds``; one plain message for whatever is wrong with it."""
+    lo, hi = bounds
+    ask = f"Enter a threshold between {lo:g} and {hi:g}."
+    text = (raw or "").strip()
+    if not text:
+        raise ParamError(name, ask)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ParamError(name, f"“{_shown(text)}” is not a number. {ask}") from None
+    if not math.isfinite(value):
+        raise ParamError(name, f"“{_shown(text)}” is not a finite number. {ask}")
+    if value < lo:
+        raise ParamError(name, f"{_shown(text)} is below {lo:g}, the lowest score: every sketch would be flagged. {ask}")
+    if value > hi:
+        raise ParamError(name, f"{_shown(text)} is above {hi:g}, the highest score: no sketch would be flagged. {ask}")
+    return value
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """What the user typed, shortened for an error message."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
