@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from scipy.stats import binomtest
 from sqlalchemy import Float, and_, case, cast, func, select
 from sqlalchemy.orm import Session
 
@@ -172,6 +171,9 @@ def wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
     """Wilson score interval of a proportion k/n; [0, 1] without observations."""
     if n <= 0:
         return 0.0, 1.0
+    # Imported here: scipy.stats adds ~45 MB to every web process, and only the audit pages need it.
+    from scipy.stats import binomtest
+
     ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
