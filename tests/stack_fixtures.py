@@ -73,6 +73,29 @@ def fresh_pg_database(migrate: bool = True) -> Iterator[str]:
         drop_pg_database(url)
 
 
+@contextmanager
+def migrated_engine(backend: str, sqlite_dir: Path) -> Iterator:
+    """An engine on a migrated database for the block: a SQLite file in ``sqlite_dir``, or a fresh PostgreSQL one."""
+    from service.core.db import make_engine
+    from service.core.migrate import upgrade
+
+    if backend == "sqlite":
+        url = f"sqlite:///{sqlite_dir / 'test.db'}"
+        upgrade(url)
+        eng = make_engine(url)
+        try:
+            yield eng
+        finally:
+            eng.dispose()
+        return
+    with fresh_pg_database() as url:
+        eng = make_engine(url)
+        try:
+            yield eng
+        finally:
+            eng.dispose()
+
+
 def terminate_pg_connections(url: str) -> int:
     """Close every server connection to the database of ``url`` (as a restart would); how many were closed."""
     return harness.terminate_pg_connections(url, PG_ADMIN_URL)

@@ -18,7 +18,7 @@ from service.core.db import make_engine
 from service.core.migrate import upgrade
 from service.reviews import record_reviews
 from service.core.schema import Review, Sketch, ThresholdChange
-from stack_fixtures import fresh_pg_database
+from stack_fixtures import migrated_engine
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -26,19 +26,8 @@ T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def engine(request, tmp_path_factory):
     """A migrated engine: a temp SQLite file, or a fresh PostgreSQL database dropped afterwards."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('stats-db') / 'stats.db'}"
-        upgrade(url)
-        eng = make_engine(url)
+    with migrated_engine(request.param, tmp_path_factory.mktemp('stats-db')) as eng:
         yield eng
-        eng.dispose()
-        return
-    with fresh_pg_database() as url:
-        eng = make_engine(url)
-        try:
-            yield eng
-        finally:
-            eng.dispose()
 
 
 @pytest.fixture

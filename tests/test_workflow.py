@@ -23,14 +23,13 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from service import audit, explain, quality, stats
-from service.core.db import make_engine
 from service.core.migrate import upgrade
 from service.core.schema import ApiKey, AuditRound, AuditSample, Review, Sketch, ThresholdChange
 from service.core.security import hash_api_key, new_api_key
 from service.extensions import db
 from service.reviews import record_reviews
 from service.search import SketchSearch
-from stack_fixtures import fresh_pg_database
+from stack_fixtures import migrated_engine
 from test_dashboard import DEFAULT_THRESHOLD, T0, bitmap, csrf_token, login, make_app, token
 
 SQUARE = [[[0, 255, 255, 0, 0], [0, 0, 255, 255, 0]]]
@@ -263,19 +262,8 @@ def test_api_list_has_the_same_search_and_filters(app, api):
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def engine(request, tmp_path_factory):
     """A migrated engine: a temp SQLite file, or a fresh PostgreSQL database dropped afterwards."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('workflow-db') / 'w.db'}"
-        upgrade(url)
-        eng = make_engine(url)
+    with migrated_engine(request.param, tmp_path_factory.mktemp('workflow-db')) as eng:
         yield eng
-        eng.dispose()
-        return
-    with fresh_pg_database() as url:
-        eng = make_engine(url)
-        try:
-            yield eng
-        finally:
-            eng.dispose()
 
 
 @pytest.fixture
