@@ -25,6 +25,7 @@ LAZY_COMMANDS = {
     "train": "models.cli:train_command",
     "evaluate": "models.cli:evaluate_command",
     "alerts": "service.cli.alerts:alerts_group",
+    "models": "service.cli.models:models_group",
 }
 
 

@@ -1,0 +1,24 @@
+"""The model registry: model versions and shadow scores (issue 16).
+
+Placeholder in the chain: the owner of this revision fills it in.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-02 14:30:00
+"""
+
+from alembic import op  # noqa: F401
+import sqlalchemy as sa  # noqa: F401
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    """Apply this revision."""
+
+
+def downgrade() -> None:
+    """Revert this revision."""
