@@ -267,6 +267,7 @@ def _run_dashboard(opts: BenchOptions, result: dict) -> None:
     top = result["dashboard"][-1]
     result["dashboard_ms"] = {name: round(e["max_ms"], 1) for name, e in top["endpoints"].items()}
     result["dashboard_rows"] = top["rows"]
+    result["bytes_per_row"] = top.get("bytes_per_row")
 
 
 def _sweep(stack, opts: BenchOptions, load, steps: list[dict]) -> None:

@@ -14,6 +14,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import orjson
@@ -22,6 +23,7 @@ from sqlalchemy import text
 
 from bench.loadgen import DEFAULT_DATA
 from bench.stack import Stack
+from service.core.packing import pack_bitmap, pack_drawing
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,9 @@ OLD_VERSION = "bench-previous"
 REVIEW_FRACTION = 0.05
 REQUEST_TIMEOUT_S = 60.0
 SEED_TIMEOUT_S = 1800
+SEED_DAYS = 60
+# Rows per INSERT ... SELECT: a 10^7 level is ten statements, each well inside the statement timeout.
+SEED_CHUNK = 1_000_000
 CSRF_RE = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"|value="([^"]+)"[^>]*name="csrf_token"')
 
 # (name, path): every dashboard page and stats endpoint a reviewer or admin reaches. {id} is a flagged sketch.
@@ -68,20 +73,21 @@ ENDPOINTS: list[tuple[str, str]] = [
 
 _TEMPLATE_DDL = (
     "CREATE UNLOGGED TABLE IF NOT EXISTS bench_templates "
-    "(k integer PRIMARY KEY, drawing json NOT NULL, meta json, bitmap bytea NOT NULL, recon bytea NOT NULL)"
+    "(k integer PRIMARY KEY, drawing bytea NOT NULL, meta json, bitmap bytea NOT NULL, recon bytea NOT NULL)"
 )
 
 # Scores: 92% cat-like (around 0.2), 8% anomalies (0.55..1); flagged when above the threshold.
 _SEED_SQL = """
 INSERT INTO sketches (client, client_ref, submitted_at, scored_at, source_format, drawing, metadata,
-                      input_bitmap, reconstruction, status, score, flagged, threshold, model_version,
+                      input_bitmap, reconstruction, status, score, score_logit, flagged, threshold, model_version,
                       error, attempts, enqueued_at)
 SELECT 'client-' || (s.g % 5), 'seed-' || s.g, s.ts,
        CASE WHEN s.st = 'scored' THEN s.ts + (0.05 + random() * 0.5) * interval '1 second' END,
-       'simplified', t.drawing, t.meta, t.bitmap,
-       CASE WHEN s.st = 'scored' THEN t.recon END,
+       'simplified', t.drawing, t.meta, NULL,
+       CASE WHEN s.st = 'scored' AND s.sc > CAST(:thr AS float8) THEN t.recon END,
        s.st,
        CASE WHEN s.st = 'scored' THEN s.sc END,
+       CASE WHEN s.st = 'scored' THEN ln(s.sc) - ln(1 - s.sc) END,
        CASE WHEN s.st = 'scored' THEN s.sc > CAST(:thr AS float8) END,
        CASE WHEN s.st = 'scored' THEN CAST(:thr AS float8) END,
        CASE WHEN s.st = 'scored' THEN (CASE WHEN s.g % 5 = 0 THEN CAST(:old AS text) ELSE CAST(:cur AS text) END) END,
@@ -91,7 +97,7 @@ SELECT 'client-' || (s.g % 5), 'seed-' || s.g, s.ts,
 FROM (
     SELECT g,
            CASE WHEN u < 0.001 THEN now() - random() * interval '60 seconds'
-                ELSE now() - random() * interval '60 days' END AS ts,
+                ELSE now() - random() * interval '60 days' END AS ts,  -- SEED_DAYS
            CASE WHEN u < 0.001 THEN 'queued' WHEN u < 0.0015 THEN 'failed' ELSE 'scored' END AS st,
            CASE WHEN random() < 0.92 THEN 0.05 + 0.35 * (random() + random() + random()) / 3
                 ELSE 0.55 + 0.45 * sqrt(random()) END AS sc
@@ -121,6 +127,7 @@ class SeedResult:
     rows: int
     seconds: float
     rollup_s: float = 0.0
+    bytes_per_row: float | None = None
 
 
 def load_templates(n: int = TEMPLATES) -> list[tuple]:
@@ -144,7 +151,10 @@ def load_templates(n: int = TEMPLATES) -> list[tuple]:
         # A blurred copy stands in for the reconstruction: same size, similar content.
         img = bitmap.reshape(28, 28).astype(np.float32)
         blur = (img + np.roll(img, 1, 0) + np.roll(img, -1, 0) + np.roll(img, 1, 1) + np.roll(img, -1, 1)) / 5
-        out.append((k, orjson.dumps(drawing).decode(), orjson.dumps(meta).decode(), bitmap.tobytes(), blur.astype(np.uint8).tobytes()))
+        # Stored as production stores them (service.core.packing): a stroke submission keeps no input bitmap,
+        # and only flagged sketches keep their reconstruction (see _SEED_SQL).
+        out.append((k, pack_drawing(drawing), orjson.dumps(meta).decode(), pack_bitmap(bitmap.tobytes()),
+                    pack_bitmap(blur.astype(np.uint8).tobytes())))
     return out
 
 
@@ -167,6 +177,14 @@ def prepare(stack: Stack) -> None:
             "(0.45, NULL, 'bench-admin', 'initial', now() - interval '30 days'), "
             f"({THRESHOLD}, 0.45, 'bench-admin', 'fewer false alarms', now() - interval '10 days')"
         )
+    # Seeded rows go back 60 days: their weekly partitions are made first, as beat would have made them.
+    from sqlalchemy.orm import Session
+
+    from service.core import partitions
+
+    with Session(stack.engine) as session, session.begin():
+        since = datetime.now(timezone.utc) - timedelta(days=SEED_DAYS + 1)
+        partitions.ensure_partitions(session, since, days=7, ahead=SEED_DAYS // 7 + 3)
 
 
 def seed_to(stack: Stack, target: int) -> SeedResult:
@@ -177,16 +195,36 @@ def seed_to(stack: Stack, target: int) -> SeedResult:
         (after,) = conn.execute("SELECT coalesce(max(id), 0) FROM sketches").fetchone()
         if target > have:
             (ntpl,) = conn.execute("SELECT count(*) FROM bench_templates").fetchone()
-            params = {"lo": have + 1, "hi": target, "ntpl": ntpl, "thr": THRESHOLD, "old": OLD_VERSION, "cur": CURRENT_VERSION}
             conn.execute(f"SET statement_timeout = {SEED_TIMEOUT_S * 1000}")
-            conn.execute(_to_psycopg(_SEED_SQL), params)
+            # An import: the score-bucket rollup's row triggers stay off, and the rollup is recounted after.
+            conn.execute("SET session_replication_role = replica")
+            for lo in range(have + 1, target + 1, SEED_CHUNK):
+                hi = min(target, lo + SEED_CHUNK - 1)
+                params = {"lo": lo, "hi": hi, "ntpl": ntpl, "thr": THRESHOLD, "old": OLD_VERSION, "cur": CURRENT_VERSION}
+                conn.execute(_to_psycopg(_SEED_SQL), params)
+                log.info("seeded rows %d..%d", lo, hi)
             conn.execute(_to_psycopg(_REVIEW_SQL), {"after": after, "frac": REVIEW_FRACTION})
+            conn.execute("SET session_replication_role = DEFAULT")
         # Fresh statistics, as autovacuum would have gathered on a table that grew over months.
         conn.execute("VACUUM ANALYZE sketches")
         conn.execute("VACUUM ANALYZE reviews")
         (rows,) = conn.execute("SELECT count(*) FROM sketches").fetchone()
     rollup_s = rebuild_rollup(stack)
-    return SeedResult(rows=int(rows), seconds=time.perf_counter() - start, rollup_s=rollup_s)
+    return SeedResult(rows=int(rows), seconds=time.perf_counter() - start, rollup_s=rollup_s,
+                      bytes_per_row=bytes_per_row(stack, int(rows)))
+
+
+# Table, TOAST and indexes of sketches and of every partition of it (pg_partition_tree lists the table itself).
+_SIZE_SQL = "SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree('sketches')"
+
+
+def bytes_per_row(stack: Stack, rows: int) -> float | None:
+    """PostgreSQL bytes per stored sketch: table + TOAST + indexes (all partitions) over the row count."""
+    if not rows:
+        return None
+    with _raw_connect(stack) as conn:
+        (size,) = conn.execute(_SIZE_SQL).fetchone()
+    return round(int(size) / rows, 1)
 
 
 def rebuild_rollup(stack: Stack) -> float:
@@ -197,14 +235,16 @@ def rebuild_rollup(stack: Stack) -> float:
     """
     from sqlalchemy.orm import Session
 
-    from service.core import rollups
+    from service.core import rollups, score_rollup
 
     start = time.perf_counter()
     with Session(stack.engine) as session, session.begin():
         rollups.reset(session)
         rollups.refresh(session)
+        score_rollup.rebuild(session)
     with _raw_connect(stack) as conn:
         conn.execute("VACUUM ANALYZE stats_hourly")
+        conn.execute("VACUUM ANALYZE score_buckets")
     return time.perf_counter() - start
 
 
@@ -298,5 +338,6 @@ def run(stack: Stack, levels: list[int], repeat: int = 5) -> list[dict]:
             timings = time_endpoints(stack, session, repeat)
         finally:
             session.close()
-        results.append({"rows": seeded.rows, "seed_s": seeded.seconds, "rollup_s": seeded.rollup_s, "endpoints": timings})
+        results.append({"rows": seeded.rows, "seed_s": seeded.seconds, "rollup_s": seeded.rollup_s,
+                        "bytes_per_row": seeded.bytes_per_row, "endpoints": timings})
     return results

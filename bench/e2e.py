@@ -147,8 +147,8 @@ def sustained(series: list[tuple[int, int]], trim: int = 2) -> dict:
 def warm_up(stack: Stack, opts: LoadOptions, timeout: float = 180.0) -> float:
     """Send small batches until every web and worker process has served and scored; returns seconds taken.
 
-    Several connections at once, so every web process gets requests: each loads the numba
-    kernels of raw-stroke normalisation on its first raw drawing, which must not land in a measurement.
+    Several connections at once, so every web process gets requests: each process's first requests
+    (lazy imports, connection set-up) must not land in a measurement.
     """
     start = time.monotonic()
     after = stack.max_id()

@@ -40,7 +40,7 @@ def fidelity(data_dir: Path = DEFAULT_DATA_DIR) -> dict[str, float]:
 
 
 def run(n: int = 5000, data_dir: Path | str | None = None, verbose: bool = True) -> dict:
-    """Measure rasterization throughput (drawings/s, one core, JIT warm-up excluded) and fidelity."""
+    """Measure rasterization throughput (drawings/s, one core, first call excluded) and fidelity."""
     data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
     base = _load_strokes(data_dir, n)
     if not base:
@@ -73,7 +73,7 @@ def run(n: int = 5000, data_dir: Path | str | None = None, verbose: bool = True)
     if verbose:
         print(f"rasterize_batch: {result['batch_drawings_per_s']:,.0f} drawings/s ({n} drawings, {batch_s:.3f} s, one core)")
         print(f"rasterize (one at a time): {result['single_drawings_per_s']:,.0f} drawings/s")
-        print(f"JIT warm-up: {warmup:.2f} s (excluded)")
+        print(f"first call: {warmup:.2f} s (excluded)")
         print(
             f"fidelity on {result['fidelity_pairs']} official pairs: mean r = {result['fidelity_mean_corr']:.5f} "
             f"(min {result['fidelity_min_corr']:.5f}), mean |diff| = {result['fidelity_mean_abs_diff']:.3f} grey levels"

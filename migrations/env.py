@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import pool
 
 from service.core.db import make_engine
+from service.core.partitions import include_name
 from service.core.schema import Base
 from service.core.settings import get_settings
 
@@ -19,7 +20,9 @@ def _url() -> str:
 
 def run_migrations_offline() -> None:
     """Emit SQL without a connection."""
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+    context.configure(
+        url=_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True, include_name=include_name
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -38,9 +41,25 @@ def run_migrations_online() -> None:
 
 def _run(connection) -> None:
     # Batch mode lets the same revisions ALTER tables on SQLite.
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=True)
-    with context.begin_transaction():
-        context.run_migrations()
+    # Partitions of sketches are made at run time (service.core.partitions): autogenerate leaves them alone.
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=True,
+        compare_type=True,
+        include_name=include_name,
+    )
+    # Batch mode rebuilds a SQLite table by copy-and-drop; with foreign keys on, dropping the old
+    # sketches table would cascade-delete every review. The pragma only takes effect outside a transaction.
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():

@@ -111,6 +111,14 @@ def _category_table(rows: list[dict[str, Any]], top: int) -> Table:
 @click.option("--outlier-weight", default=2.0, show_default=True, type=click.FloatRange(0.0),
               help="Total loss weight of the outliers relative to the cats.")
 @click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option("--cat-jitter", default=0.0, show_default=True, type=click.FloatRange(0.0, 4.0),
+              help="Smooth random displacement of the training images (std in pixels; a stroke-jitter stand-in).")
+@click.option("--cat-drop", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Share of training images that lose a small disc of ink (a dropped-stroke stand-in).")
+@click.option("--near-cat-weight", default=1.0, show_default=True, type=click.FloatRange(0.0),
+              help="Loss weight of near-cat animal and face outlier categories relative to the other outliers.")
+@click.option("--jigsaw-negatives", default=0.0, show_default=True, type=click.FloatRange(0.0, 2.0),
+              help="Add this share of the training cats, quadrants shuffled, as outliers (synthetic non-cats).")
 @click.option("--noise", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.9),
               help="Denoising: probability of zeroing each input pixel during training.")
 @click.option("--learning-rate", default=2e-3, show_default=True, type=click.FloatRange(min=0.0, min_open=True))
@@ -124,8 +132,8 @@ def _category_table(rows: list[dict[str, Any]], top: int) -> Table:
 @click.option("--verbose", is_flag=True, help="Show TensorFlow's own log lines.")
 def train_command(data_files, outlier_files, holdout_categories, cat_holdout, holdout_first, eval_anomalous,
                   eval_normal, epochs, batch_size, patience, val_fraction, seed, latent_dim, input_size,
-                  outlier_weight, augment, noise, learning_rate, threshold_percentile, max_minutes, threads, out_dir,
-                  verbose):
+                  outlier_weight, augment, cat_jitter, cat_drop, near_cat_weight, jigsaw_negatives, noise, learning_rate,
+                  threshold_percentile, max_minutes, threads, out_dir, verbose):
     """Train the cat autoencoder (with outlier exposure) and write a model artifact (model.keras and model.tflite)."""
     from models.quiet import quiet_tensorflow
 
@@ -137,8 +145,9 @@ def train_command(data_files, outlier_files, holdout_categories, cat_holdout, ho
         cat_holdout=cat_holdout, holdout_first=holdout_first, eval_anomalous=eval_anomalous, eval_normal=eval_normal,
         epochs=epochs, batch_size=batch_size, patience=patience, val_fraction=val_fraction, seed=seed,
         latent_dim=latent_dim, input_size=int(input_size), outlier_weight=outlier_weight, augment=augment,
-        noise=noise, learning_rate=learning_rate, threshold_percentile=threshold_percentile,
-        max_minutes=max_minutes, threads=threads, command=_command_line(),
+        cat_jitter=cat_jitter, cat_drop=cat_drop, near_cat_weight=near_cat_weight,
+        jigsaw_negatives=jigsaw_negatives, noise=noise, learning_rate=learning_rate,
+        threshold_percentile=threshold_percentile, max_minutes=max_minutes, threads=threads, command=_command_line(),
     )  # fmt: skip
     try:
         meta = run_training(spec, out_dir, report=console.print)
@@ -258,6 +267,79 @@ def evaluate_command(normal_files, anomalous_files, model_dir, heldout_only, as_
         console.print(_category_table(result["per_category"], top))
 
 
+@click.command("cv")
+@click.option("--data", "data_files", multiple=True, required=True, type=_existing_file,
+              help="Cat drawings (any format; repeatable); dealt into the K folds by row.")
+@click.option("--outliers", "outlier_files", multiple=True, required=True, type=_existing_file,
+              help="Non-cat drawings with categories (repeatable); dealt into the K folds by category.")
+@click.option("--eval-anomalous", "bitmap_files", multiple=True, type=_existing_file,
+              help="Evaluation-only non-cat files (e.g. the bitmaps); their categories are never trained on.")
+@click.option("--k", "k", default=4, show_default=True, type=click.IntRange(2), help="Number of folds.")
+@click.option("--folds", "folds_to_run", default=None, type=click.IntRange(1),
+              help="Run only the first N folds (a cheaper estimate).")
+@click.option("--fold-seed", default=0, show_default=True, type=int, help="Seed of the fold assignment.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Training seed (initialisation, shuffling).")
+@click.option("--epochs", default=15, show_default=True, type=click.IntRange(1))
+@click.option("--patience", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--outlier-weight", default=2.0, show_default=True, type=click.FloatRange(0.0))
+@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option("--cat-jitter", default=0.0, show_default=True, type=click.FloatRange(0.0, 4.0),
+              help="Smooth random displacement of the training images (std in pixels; a stroke-jitter stand-in).")
+@click.option("--cat-drop", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Share of training images that lose a small disc of ink (a dropped-stroke stand-in).")
+@click.option("--near-cat-weight", default=1.0, show_default=True, type=click.FloatRange(0.0),
+              help="Loss weight of near-cat animal and face categories relative to other outliers.")
+@click.option("--jigsaw-negatives", default=0.0, show_default=True, type=click.FloatRange(0.0, 2.0),
+              help="Add this share of the training cats, quadrants shuffled, as outliers (synthetic non-cats).")
+@click.option("--latent-dim", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--threads", default=None, type=click.IntRange(1), help="TensorFlow thread pool size.")
+@click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the full result as JSON here (and the per-fold scores beside it as .npz).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's own log lines.")
+def cv_command(data_files, outlier_files, bitmap_files, k, folds_to_run, fold_seed, seed, epochs, patience,
+               outlier_weight, augment, cat_jitter, cat_drop, near_cat_weight, jigsaw_negatives, latent_dim, threads,
+               out_file, as_json, verbose):
+    """Category-wise cross-validation of a training recipe: AUROC, TPR@5%FPR, per category and calibration."""
+    from models.cv import FoldError, Recipe, run_cv, summary_rows, write_json
+    from models.quiet import quiet_tensorflow
+
+    quiet_tensorflow(verbose)
+    console = _console()
+    recipe = Recipe(outlier_weight=outlier_weight, augment=augment, cat_jitter_px=cat_jitter,
+                    cat_drop_probability=cat_drop, near_cat_weight=near_cat_weight,
+                    jigsaw_negatives=jigsaw_negatives, latent_dim=latent_dim,
+                    epochs=epochs, patience=patience, seed=seed)
+    try:
+        result = run_cv(data_files, outlier_files, bitmap_files, k=k, recipe=recipe, fold_seed=fold_seed,
+                        folds_to_run=folds_to_run, threads=threads,
+                        scores_out=out_file.with_suffix(".npz") if out_file else None,
+                        report=console.print)  # fmt: skip
+    except FoldError as exc:
+        raise click.BadParameter(str(exc), param_hint="--k") from None
+    except (FormatError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    result["command"] = _command_line()
+    if out_file is not None:
+        write_json(result, out_file)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    table = Table(title=f"{result['folds_run']} of {k} category folds: held-out cats vs unseen categories")
+    for col in ("variant", "AUROC strokes", "TPR@5% strokes", "AUROC bitmaps", "TPR@5% bitmaps", "cats < 0.92",
+                "worst", "flagged at conformal p95 (95% CI)"):
+        table.add_column(col, justify="left" if col in ("variant", "worst") else "right")
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for r in summary_rows(result):
+        table.add_row(r["variant"], fmt(r["auroc_strokes"]), fmt(r["tpr5_strokes"]), fmt(r["auroc_bitmaps"]),
+                      fmt(r["tpr5_bitmaps"]), str(r["below_0.92"]), r["worst"],
+                      f"{r['flagged']:.1%} ({r['ci95'][0]:.1%}-{r['ci95'][1]:.1%})")
+    Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)
+
+
 @click.group()
 def main() -> None:
     """Model commands on their own (``python -m models.cli``); ``sketchwatch`` carries the same commands."""
@@ -265,6 +347,7 @@ def main() -> None:
 
 main.add_command(train_command)
 main.add_command(evaluate_command)
+main.add_command(cv_command)
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,8 @@
 """Scoring with LiteRT (``model.tflite``): the worker's runtime, without TensorFlow or Keras.
 
 :class:`LiteScorer` has the interface of :class:`models.scoring.Scorer` that the worker uses (``load``,
-``score_bitmaps``, ``score_drawings``, ``version``, ``suggested_threshold``, ``percentiles``, ``meta``)
-and computes the score with the same numpy formula from the reconstruction, so only the graph's
+``score_bitmaps``, ``score_drawings``, ``score_result``, ``version``, ``suggested_threshold``, ``percentiles``,
+``meta``) and computes the score with the same numpy formula from the reconstruction, so only the graph's
 float rounding differs from Keras; ``sketchwatch export`` measured that difference before it wrote
 the file (``model.json`` ``litert.parity``).
 
@@ -26,7 +26,7 @@ from models.autoencoder import coerce_config, crop_output, to_model_input
 from models.formulas import DEFAULT_FORMULA, SCORE_FORMULAS
 from models.quiet import filtered_stderr
 from models.raster import SIDE
-from models.scorer_base import DEFAULT_BATCH, ScorerBase
+from models.scorer_base import ScorerBase
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +162,9 @@ class LiteScorer(ScorerBase):
             start += rows
         return crop_output(x, self.input_size), recon
 
-    def score_bitmaps(
-        self, bitmaps_uint8: np.ndarray, batch_size: int = DEFAULT_BATCH
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 28, 28) uint8 -> (scores (N,) float32, reconstructions (N, 28, 28) uint8); ``batch_size`` is unused."""
-        x, recon = self.reconstruct(bitmaps_uint8)
-        scores = SCORE_FORMULAS[self.formula](x, recon)
-        recon_u8 = np.clip(np.rint(recon * 255.0), 0, 255).astype(np.uint8)
-        return scores, recon_u8
+    def _reconstruct(self, bitmaps_uint8: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's (inputs, reconstructions); ``batch_size`` is unused (fixed interpreter sizes)."""
+        return self.reconstruct(bitmaps_uint8)
 
     def warm_up(self) -> None:
         """Create the interpreter of every chunk size now, so no task pays for one."""

@@ -6,6 +6,7 @@ is flagged when its score is strictly greater than the threshold.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +82,40 @@ def evaluate_scores(
     if categories is not None:
         result["per_category"] = per_category(normal, anomalous, categories, threshold)
     return result
+
+
+def conformal_threshold(normal_scores, fpr: float = 0.05) -> float:
+    """Split-conformal threshold: the ceil((n+1)(1-fpr))-th smallest normal score (flag when score > it).
+
+    For a new normal drawing exchangeable with the n calibration ones, P(flagged) <= fpr, and
+    >= fpr - 1/(n+1) (without ties). With n < 1/fpr - 1 no score qualifies and the largest is used.
+    """
+    s = np.sort(_as_scores(normal_scores, "normal_scores"))
+    rank = math.ceil((s.size + 1) * (1.0 - fpr) - 1e-9)
+    return float(s[min(rank, s.size) - 1])
+
+
+def conformal_fpr_interval(n: int, fpr: float = 0.05, level: float = 0.95) -> dict[str, float]:
+    """Distribution of the false-flag rate that a conformal threshold from n normals gives on new normals.
+
+    Given the calibration set, the rate is Beta(n + 1 - rank, rank) distributed (rank as in
+    :func:`conformal_threshold`): its mean and central ``level`` interval.
+    """
+    from scipy.stats import beta
+
+    rank = min(math.ceil((n + 1) * (1.0 - fpr) - 1e-9), n)
+    a, b = n + 1 - rank, rank
+    lo, hi = beta.ppf([(1 - level) / 2, (1 + level) / 2], a, b)
+    return {"n": int(n), "rank": int(rank), "expected_fpr": a / (a + b), "low": float(lo), "high": float(hi),
+            "level": level}
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) binomial interval of the proportion k / n."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def per_category(normal_scores, anomalous_scores, categories: Sequence[str], threshold: float | None = None) -> list[dict]:

@@ -53,6 +53,10 @@ class TrainingSpec:
     input_size: int = 28
     outlier_weight: float = 2.0
     augment: bool = True
+    cat_jitter: float = 0.0
+    cat_drop: float = 0.0
+    near_cat_weight: float = 1.0
+    jigsaw_negatives: float = 0.0
     noise: float = 0.0
     learning_rate: float = 2e-3
     threshold_percentile: str = "95"
@@ -93,6 +97,7 @@ class Evaluation:
     held_scores: np.ndarray
     percentiles: dict[str, float]
     threshold: float
+    calibration: dict[str, Any]
     metrics: dict[str, Any]
     normal_checks: dict[str, Any]
 
@@ -135,29 +140,43 @@ def _split_outliers(spec: TrainingSpec, data: TrainingData, outliers: LabeledBit
 
 def fit(spec: TrainingSpec, data: TrainingData):
     """Build the autoencoder and train it on the training cats and outliers; return (model, history, config)."""
+    from models.cv import NEAR_CAT
     from models.scoring import configure_tensorflow
-    from models.train import train_model
+    from models.train import CatAugmentConfig, train_model
 
     configure_tensorflow(spec.threads)
     config = AutoencoderConfig(input_size=spec.input_size, latent_dim=spec.latent_dim)
     train_outliers = data.out_train.bitmaps if data.out_train is not None and spec.outlier_weight > 0 else None
+    multipliers = None
+    if train_outliers is not None and spec.near_cat_weight != 1.0:
+        words = category_labels(data.out_train)
+        multipliers = np.where(np.isin(words, sorted(NEAR_CAT)), spec.near_cat_weight, 1.0)
+    cat_augment = None
+    if spec.cat_jitter > 0 or spec.cat_drop > 0:
+        cat_augment = CatAugmentConfig(jitter_px=spec.cat_jitter, drop_probability=spec.cat_drop)
     model, history = train_model(
         data.cats.bitmaps[data.cat_train], train_outliers, epochs=spec.epochs, batch_size=spec.batch_size,
         seed=spec.seed, val_fraction=spec.val_fraction, patience=spec.patience, progress=True, config=config,
         outlier_weight=spec.outlier_weight, augment=spec.augment, noise=spec.noise,
         learning_rate=spec.learning_rate, max_seconds=spec.max_minutes * 60.0, threads=spec.threads,
+        outlier_multipliers=multipliers, cat_augment=cat_augment, jigsaw_negatives=spec.jigsaw_negatives,
     )  # fmt: skip
     return model, history, config
 
 
 def score(spec: TrainingSpec, model, data: TrainingData) -> Evaluation:
     """Score the held-out cats (percentiles, threshold) and every held-out or evaluation-only set against them."""
-    from models.metrics import evaluate_scores
+    from models.metrics import conformal_fpr_interval, conformal_threshold, evaluate_scores
     from models.scoring import score_batch
 
     held_scores, _ = score_batch(model, data.cats.bitmaps[data.cat_held])
     percentiles = {k: float(np.percentile(held_scores, p)) for k, p in PERCENTILES.items()}
-    threshold = percentiles[spec.threshold_percentile]
+    # Split-conformal rather than an interpolated percentile: new cats are flagged at most at the nominal rate.
+    nominal = 1.0 - float(spec.threshold_percentile) / 100.0
+    threshold = conformal_threshold(held_scores, nominal)
+    calibration = {"method": "split-conformal: the ceil((n+1)(1-fpr))-th smallest held-out cat score",
+                   "nominal_fpr": nominal, "threshold": threshold,
+                   "fpr_on_new_cats": conformal_fpr_interval(len(held_scores), nominal)}
     metrics: dict[str, Any] = {}
     if data.out_held is not None and len(data.out_held):
         s, _ = score_batch(model, data.out_held.bitmaps)
@@ -174,7 +193,7 @@ def score(spec: TrainingSpec, model, data: TrainingData) -> Evaluation:
                                "mean_score_heldout_cats": float(held_scores.mean()),
                                "auroc_vs_heldout_cats": check["auroc"],
                                "flagged_fraction": check["recall_at_threshold"]}  # fmt: skip
-    return Evaluation(held_scores, percentiles, threshold, metrics, normal_checks)
+    return Evaluation(held_scores, percentiles, threshold, calibration, metrics, normal_checks)
 
 
 def describe(spec: TrainingSpec, data: TrainingData, config: AutoencoderConfig, history, ev: Evaluation) -> dict:
@@ -193,13 +212,16 @@ def describe(spec: TrainingSpec, data: TrainingData, config: AutoencoderConfig, 
                   "flag_rule": "score > suggested_threshold"},
         "percentiles": ev.percentiles,
         "suggested_threshold": ev.threshold,
-        "threshold_rule": (f"{spec.threshold_percentile}th percentile of the held-out cats' scores: about "
-                           f"{100 - float(spec.threshold_percentile):g}% of cats get flagged"),
+        "threshold_rule": (f"split-conformal {spec.threshold_percentile}th percentile of the held-out cats' scores: "
+                           f"about {100 - float(spec.threshold_percentile):g}% of new cats get flagged"),
+        "threshold_calibration": ev.calibration,
         "trained_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "training": {
             "command": spec.command,
             "seed": spec.seed, "epochs": spec.epochs, "batch_size": spec.batch_size, "patience": spec.patience,
             "val_fraction": spec.val_fraction, "outlier_weight": spec.outlier_weight, "augment": spec.augment,
+            "cat_jitter": spec.cat_jitter, "cat_drop": spec.cat_drop, "near_cat_weight": spec.near_cat_weight,
+            "jigsaw_negatives": spec.jigsaw_negatives,
             "noise": spec.noise, "learning_rate": spec.learning_rate, "history": history.to_dict(),
         },
         "data": {

@@ -101,6 +101,6 @@ class Scorer(ScorerBase):
         model, meta = load_artifact(path)
         return cls(model, meta, path)
 
-    def score_bitmaps(self, bitmaps_uint8: np.ndarray, batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 28, 28) uint8 -> (scores (N,), reconstructions (N, 28, 28) uint8)."""
-        return score_batch(self.model, bitmaps_uint8, self.formula, batch_size)
+    def _reconstruct(self, bitmaps_uint8: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The Keras model's (inputs, reconstructions), ``batch_size`` rows per call."""
+        return reconstruct(self.model, bitmaps_uint8, batch_size)

@@ -9,7 +9,9 @@ on the machine's speed (the history says when that happened).
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,21 @@ class AugmentConfig:
     # Line-width jitter: up to this blend towards a 3x3 dilation (thicker) or gamma (thinner).
     max_thicken: float = 0.5
     max_thin_gamma: float = 2.0
+
+
+@dataclass(frozen=True)
+class CatAugmentConfig:
+    """Extra perturbations of every training image (bitmap stand-ins for stroke-level changes).
+
+    The cats exist only as 28x28 bitmaps, so "stroke jitter" is a smooth random displacement field
+    (a coarse grid of offsets, upsampled) and "a dropped stroke" erases the ink within a small disc
+    around a random ink pixel.
+    """
+
+    jitter_px: float = 1.0  # std of the coarse displacement grid (0 = off)
+    jitter_grid: int = 4
+    drop_probability: float = 0.3  # share of cats that lose a piece (0 = off)
+    drop_radius: tuple[float, float] = (2.5, 4.5)
 
 
 @dataclass
@@ -104,6 +121,80 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, cfg: AugmentConf
     return out.numpy()[..., 0]
 
 
+def jitter_and_drop(images: np.ndarray, rng: np.random.Generator, cfg: CatAugmentConfig) -> np.ndarray:
+    """Smooth random displacement of (N, S, S) float images plus, for some, an erased disc around an ink pixel."""
+    n, size, _ = images.shape
+    out = images
+    if cfg.jitter_px > 0 and n:
+        g = cfg.jitter_grid
+        coarse = rng.normal(0.0, cfg.jitter_px, (n, 2, g, g)).astype(np.float32)
+        # Bilinear upsampling of the coarse grid to one offset per pixel (separable interpolation matrix).
+        pos = np.linspace(0, g - 1, size)
+        lo = np.minimum(np.floor(pos).astype(int), g - 2)
+        frac = (pos - lo).astype(np.float32)
+        interp = np.zeros((size, g), np.float32)
+        interp[np.arange(size), lo] = 1 - frac
+        interp[np.arange(size), lo + 1] += frac
+        field = np.einsum("ia,nkab,jb->nkij", interp, coarse, interp)
+        yy, xx = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
+        sy = np.clip(yy + field[:, 0], 0, size - 1)
+        sx = np.clip(xx + field[:, 1], 0, size - 1)
+        y0 = np.minimum(np.floor(sy).astype(np.int32), size - 2)
+        x0 = np.minimum(np.floor(sx).astype(np.int32), size - 2)
+        fy, fx = sy - y0, sx - x0
+        idx = np.arange(n)[:, None, None]
+        out = ((1 - fy) * (1 - fx) * images[idx, y0, x0] + (1 - fy) * fx * images[idx, y0, x0 + 1]
+               + fy * (1 - fx) * images[idx, y0 + 1, x0] + fy * fx * images[idx, y0 + 1, x0 + 1]).astype(np.float32)
+    if cfg.drop_probability > 0 and n:
+        out = out.copy() if out is images else out
+        chosen = np.flatnonzero(rng.random(n) < cfg.drop_probability)
+        radius = rng.uniform(*cfg.drop_radius, len(chosen))
+        pick = rng.random(len(chosen))
+        yy, xx = np.mgrid[0:size, 0:size]
+        for i, r, u in zip(chosen, radius, pick):
+            ink = np.flatnonzero(out[i] > 0.5)
+            if len(ink) == 0:
+                continue
+            cy, cx = divmod(int(ink[int(u * len(ink))]), size)
+            out[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 0.0
+    return out
+
+
+@dataclass(frozen=True)
+class EpochProgress:
+    """What a training run reports after each epoch (``train_model``'s ``on_epoch`` hook)."""
+
+    epoch: int  # epochs done, from 1
+    epochs: int
+    loss: float
+    val_loss: float | None
+    elapsed_s: float
+    eta_s: float  # at most the time budget left; early stopping may end sooner
+
+
+def epoch_progress(done: int, epochs: int, history: TrainingHistory, elapsed_s: float,
+                   max_seconds: float | None = None) -> EpochProgress:
+    """The progress record after ``done`` epochs: the mean epoch time so far times the epochs left."""
+    eta = elapsed_s / done * (epochs - done)
+    if max_seconds is not None:
+        eta = min(eta, max(0.0, max_seconds - elapsed_s))
+    val = history.val_loss[-1] if history.val_loss else None
+    return EpochProgress(done, epochs, history.loss[-1], val, elapsed_s, eta)
+
+
+def jigsaw(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N, S, S) images with their four quadrants in a random non-identity order (S even)."""
+    n, size, _ = images.shape
+    h = size // 2
+    quads = np.stack([images[:, :h, :h], images[:, :h, h:], images[:, h:, :h], images[:, h:, h:]], axis=1)
+    perms = np.array([p for p in itertools.permutations(range(4)) if p != (0, 1, 2, 3)])
+    order = perms[rng.integers(len(perms), size=n)]
+    q = quads[np.arange(n)[:, None], order]
+    top = np.concatenate([q[:, 0], q[:, 1]], axis=2)
+    bottom = np.concatenate([q[:, 2], q[:, 3]], axis=2)
+    return np.concatenate([top, bottom], axis=1)
+
+
 def _per_image_bce(y_true, y_pred):
     """Binary cross-entropy averaged over the pixels of each image (shape (N,), so sample weights apply)."""
     import keras
@@ -159,12 +250,24 @@ def train_model(
     learning_rate: float = 2e-3,
     max_seconds: float | None = None,
     threads: int | None = None,
+    outlier_multipliers: np.ndarray | None = None,
+    cat_augment: CatAugmentConfig | None = None,
+    deterministic: bool = True,
+    jigsaw_negatives: float = 0.0,
+    initial_weights: list | None = None,
+    on_epoch: Callable[[EpochProgress], None] | None = None,
 ):
     """Train the autoencoder on cats (+ outliers mapped to blank); return (best model, TrainingHistory).
 
     ``outlier_weight`` scales the outliers' total loss weight relative to the cats'. ``noise`` is the
     probability of zeroing each input pixel (denoising; the target stays clean). Early stopping on
-    the validation loss restores the best epoch's weights.
+    the validation loss restores the best epoch's weights. ``outlier_multipliers`` (one per outlier,
+    rescaled to mean 1) weights some outliers above others, e.g. near-cat animals; ``cat_augment``
+    adds jitter and dropped pieces to the training images (cats and outliers alike);
+    ``deterministic=False`` skips TF's op determinism (faster; for cross-validation, where
+    bit-identical weights are not needed).
+    ``initial_weights`` starts from a trained model's weights (fine-tuning); ``on_epoch`` is called with
+    an :class:`EpochProgress` after every epoch (the caller decides where progress goes).
     """
     from models.scoring import configure_tensorflow
 
@@ -185,8 +288,9 @@ def train_model(
     aug_cfg = augment if isinstance(augment, AugmentConfig) else (AugmentConfig() if augment else None)
 
     keras.utils.set_random_seed(seed)
-    # Process-wide; costs ~1.5x per training step here (measured) but makes a seed reproduce the weights.
-    tf.config.experimental.enable_op_determinism()
+    if deterministic:
+        # Process-wide; costs ~1.5x per training step here (measured) but makes a seed reproduce the weights.
+        tf.config.experimental.enable_op_determinism()
     rng = np.random.default_rng(seed)
 
     cat_tr, cat_val = _split(len(cats), val_fraction, rng)
@@ -194,23 +298,41 @@ def train_model(
     size = cfg.input_size
     x_cat = to_model_input(cats[cat_tr], size)[..., 0]
     x_out = to_model_input(outliers[out_tr], size)[..., 0]
+    n_jig = round(jigsaw_negatives * len(x_cat))
+    if n_jig:
+        x_out = np.concatenate([x_out, jigsaw(x_cat[rng.choice(len(x_cat), n_jig, replace=False)], rng)])
     # Outliers as a group weigh outlier_weight times the cats, whatever their count.
     w_out = outlier_weight * len(x_cat) / len(x_out) if len(x_out) else 0.0
+    mult = np.ones(len(outliers), np.float32)
+    if outlier_multipliers is not None:
+        mult = np.asarray(outlier_multipliers, np.float32)
+        if mult.shape != (len(outliers),) or (mult < 0).any() or not mult.sum() > 0:
+            raise ValueError("outlier_multipliers must be one non-negative weight per outlier, not all zero")
+        mult = mult / mult.mean()
+    out_tr = np.concatenate([out_tr, np.arange(len(outliers), len(outliers) + n_jig)]).astype(int)
+    mult = np.concatenate([mult, np.ones(n_jig, np.float32)])
 
-    def assemble(xc: np.ndarray, xo: np.ndarray, aug: bool):
+    def assemble(xc: np.ndarray, xo: np.ndarray, mo: np.ndarray, aug: bool):
         x = np.concatenate([xc, xo])
+        if aug and cat_augment is not None:
+            # Cats and outliers alike: perturbing cats only taught the model "resampled = cat" (measured).
+            x = jitter_and_drop(x, rng, cat_augment)
         if aug and aug_cfg is not None:
             x = augment_batch(x, rng, aug_cfg)
         y = x.copy()
         y[len(xc) :] = 0.0
-        w = np.concatenate([np.ones(len(xc), np.float32), np.full(len(xo), w_out, np.float32)])
+        w = np.concatenate([np.ones(len(xc), np.float32), (w_out * mo).astype(np.float32)])
         return x, y, w
 
     x_val, y_val, w_val = assemble(
-        to_model_input(cats[cat_val], size)[..., 0], to_model_input(outliers[out_val], size)[..., 0], aug=False
+        to_model_input(cats[cat_val], size)[..., 0], to_model_input(outliers[out_val], size)[..., 0], mult[out_val],
+        aug=False,
     )
 
     model = build_autoencoder(cfg)
+    if initial_weights is not None:
+        # Warm start (retraining from reviews): the parent's weights, same architecture.
+        model.set_weights(initial_weights)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=_per_image_bce)
     history = TrainingHistory(
         n_train_cats=len(x_cat), n_train_outliers=len(x_out), n_val_cats=len(cat_val), n_val_outliers=len(out_val)
@@ -224,7 +346,7 @@ def train_model(
     bar = tqdm(total=epochs * steps, disable=not progress, unit="batch", desc="training")
     try:
         for epoch in range(epochs):
-            x, y, w = assemble(x_cat, x_out, aug=True)
+            x, y, w = assemble(x_cat, x_out, mult[out_tr], aug=True)
             if noise > 0:
                 x = np.where(rng.random(x.shape) < noise, np.float32(0.0), x)
             order = rng.permutation(n_train)
@@ -241,6 +363,8 @@ def train_model(
             else:
                 val = history.loss[-1]
             bar.set_postfix(epoch=epoch + 1, loss=f"{history.loss[-1]:.4f}", val=f"{val:.4f}")
+            if on_epoch is not None:
+                on_epoch(epoch_progress(epoch + 1, epochs, history, time.monotonic() - start, max_seconds))
             if val < best_val - 1e-5:
                 best_val, best_weights, history.best_epoch, waited = val, model.get_weights(), epoch, 0
             else:

@@ -13,6 +13,7 @@ from service.auth import bp as auth_bp
 from service.core.logs import configure_logging
 from service.core.settings import Settings, get_settings
 from service.dashboard import bp as dashboard_bp
+from service.dashboard.models_page import bp as models_bp
 from service.extensions import SETTINGS_KEY, csrf, db, login_manager
 from service.health import bp as health_bp
 
@@ -47,6 +48,7 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     app.register_blueprint(api_bp, url_prefix="/api/v1")
     app.register_blueprint(auth_bp)
     app.register_blueprint(dashboard_bp)
+    app.register_blueprint(models_bp)
     # The API authenticates with bearer keys, not cookies, so CSRF does not apply to it.
     csrf.exempt(api_bp)
 

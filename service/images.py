@@ -1,4 +1,8 @@
-"""PNG thumbnails from the stored 784-byte bitmaps: input, reconstruction, both stacked, difference map."""
+"""PNG thumbnails from the 784-byte bitmaps: input, reconstruction, both stacked, difference map.
+
+A stroke submission's input bitmap is not stored: :func:`input_of` rasterizes its drawing again
+(models.raster, the worker's own rendering, so the pixels are the ones the model saw).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ MIN_SCALE, MAX_SCALE = 1, 16
 # Gap between the drawing and its reconstruction in a stacked pair, in 28x28 pixels.
 PAIR_GAP = 1
 KINDS = ("input", "reconstruction", "pair", "diff")
+# The lower half of a pair whose reconstruction is not kept.
+NOT_KEPT_GREY = 225
 
 
 class BitmapError(ValueError):
@@ -29,6 +35,20 @@ def bitmap_array(raw: bytes | memoryview | None, what: str = "bitmap") -> np.nda
     if len(data) != NBYTES:
         raise BitmapError(f"{what} has {len(data)} bytes, expected {NBYTES}")
     return np.frombuffer(data, dtype=np.uint8).reshape(SIDE, SIDE)
+
+
+def input_of(input_raw: bytes | memoryview | None, drawing: list | None) -> bytes | None:
+    """The input bitmap: the stored one (image submissions), else the drawing rasterized; None without either."""
+    if input_raw is not None:
+        return bytes(input_raw)
+    if not drawing:
+        return None
+    from models.raster import rasterize
+
+    try:
+        return rasterize(drawing).astype(np.uint8).tobytes()
+    except (ValueError, TypeError, IndexError):
+        return None
 
 
 def check_scale(scale: int) -> int:
@@ -59,10 +79,16 @@ def bitmap_png(raw: bytes | None, scale: int = 4, what: str = "bitmap") -> bytes
     return encode_png(_paper(bitmap_array(raw, what)), scale)
 
 
-def pair_png(input_raw: bytes, recon_raw: bytes, scale: int = 4) -> bytes:
-    """The drawing above its reconstruction in one PNG (one request per gallery item)."""
+def pair_png(input_raw: bytes, recon_raw: bytes | None, scale: int = 4) -> bytes:
+    """The drawing above its reconstruction in one PNG (one request per gallery item).
+
+    Without a reconstruction (not kept, or not computed yet) the lower half is a plain grey square.
+    """
     top = _paper(bitmap_array(input_raw, "input bitmap"))
-    bottom = _paper(bitmap_array(recon_raw, "reconstruction"))
+    if recon_raw is None:
+        bottom = np.full((SIDE, SIDE), NOT_KEPT_GREY, dtype=np.uint8)
+    else:
+        bottom = _paper(bitmap_array(recon_raw, "reconstruction"))
     gap = np.full((PAIR_GAP, SIDE), 200, dtype=np.uint8)
     return encode_png(np.vstack([top, gap, bottom]), scale)
 

@@ -91,6 +91,14 @@ def parse_bool(args: Mapping[str, str], name: str) -> bool:
         raise ParamError(name, str(exc)) from None
 
 
+def parse_axis(args: Mapping[str, str], name: str = "axis") -> str:
+    """A histogram's axis: "score" (the default) or "logit" (the scores' log-odds)."""
+    raw = (args.get(name) or "").strip() or "score"
+    if raw not in ("score", "logit"):
+        raise ParamError(name, "expected score or logit")
+    return raw
+
+
 def parse_float(args: Mapping[str, str], name: str) -> float:
     """A required finite number."""
     raw = (args.get(name) or "").strip()
@@ -123,6 +131,22 @@ def parse_threshold(raw: str | None, bounds: tuple[float, float], name: str = "v
     if value > hi:
         raise ParamError(name, f"{_shown(text)} is above {hi:g}, the highest score: no sketch would be flagged. {ask}")
     return value
+
+
+def parse_threshold_logit(raw: str | None, bounds: tuple[float, float], name: str = "value_logit") -> float:
+    """A threshold typed as log-odds, log(t / (1 - t)): the bounded threshold it stands for, within ``bounds``."""
+    text = (raw or "").strip()
+    ask = "Enter the threshold's log-odds as a number, e.g. 1.4 (a threshold of 0.80)."
+    try:
+        value = float(text)
+    except ValueError:
+        raise ParamError(name, f"“{_shown(text)}” is not a number. {ask}") from None
+    if not math.isfinite(value):
+        raise ParamError(name, f"“{_shown(text)}” is not a finite number. {ask}")
+    t = 1.0 / (1.0 + math.exp(-value)) if value >= 0 else math.exp(value) / (1.0 + math.exp(value))
+    if not 0.0 < t < 1.0:
+        raise ParamError(name, f"log-odds {_shown(text)} is a threshold of {t:g}: beyond what a score resolves. {ask}")
+    return parse_threshold(repr(t), bounds, name)
 
 
 def _shown(text: str, limit: int = 40) -> str:

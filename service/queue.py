@@ -1,10 +1,13 @@
 """Enqueue scoring tasks by name (the web process never imports the model), coalesced per process.
 
-A single-sketch request would otherwise send one task per sketch, and a worker pays a fixed ~10 ms per
-task (Celery, a TF call, three SQL round trips) against ~0.4 ms per sketch. So each web process hands
-committed ids to an :class:`Enqueuer`, whose background thread sends at most one task per ``linger_s``
-(more only when ``chunk_size`` ids are waiting). An id that arrives after a quiet spell goes out at once;
-under load, ids gather for up to ``linger_s``. Rows are committed before their ids get here, so nothing
+A single-sketch request would otherwise send one task per sketch, and a worker pays a fixed cost per
+task (Celery, three SQL round trips) that is many times its cost per sketch. So each web process hands
+committed ids to an :class:`Enqueuer`, whose background thread sends at most one task per *window*
+(more only when ``chunk_size`` ids are waiting). The window adapts to the load. While the workers keep
+up, it grows with the ids waiting (:func:`coalescing_window`): an id that arrives while the process is
+quiet goes out at once, single sketches at a modest rate wait milliseconds. When the workers fall
+behind (tasks wait in the Redis queue, read before each send), ids gather for the whole ``linger_s``, so
+the workers catch up on fewer, larger tasks. Rows are committed before their ids get here, so nothing
 is lost if the process dies first: the sweeper re-sends sketches left ``queued``.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import time
@@ -20,7 +24,7 @@ from collections.abc import Callable
 from flask import current_app
 
 from service.core import sketches
-from service.core.celery_app import SCORE_TASK, make_celery, prepare_broker
+from service.core.celery_app import QUEUE, SCORE_TASK, make_celery, prepare_broker
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,20 @@ def init_app(app, settings) -> None:
         mark_unsent=lambda ids: mark_unsent(db.engine, ids),
         chunk_size=settings.worker_batch_size,
         linger_s=settings.enqueue_linger_ms / 1000.0,
+        backlog=broker_backlog(settings),
     )
+
+
+def broker_backlog(settings) -> Callable[[], int] | None:
+    """A function that counts scoring tasks no worker has taken yet (Redis brokers); None for other brokers."""
+    if not settings.uses_redis:
+        return None
+    import redis
+
+    # Short timeouts: the enqueuer's thread asks before each send, and a slow answer only delays that send.
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    # Workers take tasks one at a time (prefetch multiplier 1), so the list holds only tasks none is free for.
+    return lambda: int(client.llen(QUEUE))
 
 
 def send_scoring_task(celery, ids: list[int]) -> None:
@@ -70,10 +87,24 @@ def flush(app=None) -> None:
     (app or current_app).extensions[EXTENSION].flush()
 
 
+def coalescing_window(pending: int, chunk_size: int, linger_s: float) -> float:
+    """Seconds after the last send that ``pending`` ids wait for more: ``linger_s * sqrt(pending / chunk_size)``.
+
+    Ids arriving at a rate ``r`` are then sent every ``linger_s**2 * r / chunk_size`` seconds: ids per task
+    grow with the square of the rate, so a busy process sends few large tasks (the workers' fixed cost per
+    task stays small), while single sketches at a modest rate wait milliseconds, not the whole linger. A
+    lone id waits at most ``linger_s / sqrt(chunk_size)`` (16 ms with 256 ids and 250 ms), an id after a
+    quiet spell not at all, and a process sends at most ``sqrt(chunk_size) / linger_s`` tasks a second (64).
+    """
+    return linger_s * math.sqrt(min(pending, chunk_size) / chunk_size)
+
+
 class Enqueuer:
     """Coalesces ids from many requests into scoring tasks of up to ``chunk_size`` ids.
 
-    ``linger_s <= 0`` sends in the caller's thread instead (no coalescing).
+    ``linger_s`` is the longest an id waits for others (under load); ``linger_s <= 0`` sends in the
+    caller's thread instead (no coalescing). ``backlog``, when given, counts the tasks waiting for a
+    worker: above zero, the next ids gather for the whole ``linger_s``.
     """
 
     def __init__(
@@ -82,9 +113,12 @@ class Enqueuer:
         mark_unsent: Callable[[list[int]], None],
         chunk_size: int,
         linger_s: float,
+        backlog: Callable[[], int] | None = None,
     ) -> None:
         self._send = send
         self._mark_unsent = mark_unsent
+        self._backlog = backlog
+        self._workers_behind = False  # as read before the last send
         self.chunk_size = max(1, chunk_size)
         self.linger_s = linger_s
         self._cond = threading.Condition()
@@ -140,16 +174,20 @@ class Enqueuer:
         self._thread.start()
 
     def _wait_due(self) -> bool:
-        """Under the lock: wait until a chunk is full or linger_s has passed since the last send; False when idle."""
+        """Under the lock: wait until a chunk is full or the window has passed since the last send; False when idle."""
         idle_since = time.monotonic()
         while True:
             now = time.monotonic()
             if self._pending:
                 since_send = now - self._last_send
-                if len(self._pending) >= self.chunk_size or since_send >= self.linger_s:
+                window = (
+                    self.linger_s if self._workers_behind
+                    else coalescing_window(len(self._pending), self.chunk_size, self.linger_s)
+                )
+                if len(self._pending) >= self.chunk_size or since_send >= window:
                     self._last_send = now
                     return True
-                self._cond.wait(self.linger_s - since_send)
+                self._cond.wait(window - since_send)
             elif now - idle_since >= IDLE_EXIT_S:
                 self._thread = None
                 return False
@@ -165,7 +203,20 @@ class Enqueuer:
                     return
             # Taken under the send lock, so flush() returns only after these ids are sent.
             with self._send_lock:
-                self._send_chunks(self._take())
+                ids = self._take()
+                # Read before this send, so the task about to go out is not counted; off the condition's lock.
+                self._workers_behind = self._read_backlog() > 0
+                self._send_chunks(ids)
+
+    def _read_backlog(self) -> int:
+        """Tasks waiting for a worker, or 0 when unknown (no backlog function, broker unreachable)."""
+        if self._backlog is None:
+            return 0
+        try:
+            return self._backlog()
+        except Exception:  # noqa: BLE001 - only the window depends on it; the send reports a broker outage
+            log.debug("could not read the broker backlog", exc_info=True)
+            return 0
 
     def _send_chunks(self, ids: list[int]) -> None:
         for start in range(0, len(ids), self.chunk_size):

@@ -18,12 +18,15 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
+from service.core import score_rollup
 from service.core.schema import STATUS_FAILED, STATUS_QUEUED, STATUS_SCORED, VERDICT_ANOMALY, VERDICT_CAT, Review, Sketch
 
 DEFAULT_BINS = 40
 MAX_BINS = 200
 # Every score formula of models.scoring lies in [0, 1] (0 = perfect reconstruction, 1 = erased drawing).
 SCORE_RANGE = (0.0, 1.0)
+# The axes a histogram can be drawn on: the bounded score, or its log-odds (resolution where scores near 1).
+AXES = ("score", "logit")
 # The window of the per-reviewer "recent" counts.
 RECENT = timedelta(days=1)
 # "verdict IN (...)" rather than "IS NOT NULL": both engines answer equality lists from the verdict index.
@@ -120,6 +123,7 @@ class Histogram:
     edges: list[float]
     counts: list[int]
     empty: bool = False
+    axis: str = "score"
 
     @property
     def bins(self) -> int:
@@ -155,6 +159,7 @@ class Histogram:
             "counts": self.counts,
             "total": self.total,
             "scale": "log" if log else "linear",
+            "axis": self.axis,
         }
         if log:
             out["log_counts"] = self.log_counts()
@@ -162,20 +167,20 @@ class Histogram:
 
 
 def score_range(
-    session: Session, model_version: str | None = None, client: str | None = None
+    session: Session, model_version: str | None = None, client: str | None = None, column=Sketch.score
 ) -> tuple[float, float] | None:
-    """(min, max) stored score, per model version and client when given; None when nothing is scored.
+    """(min, max) stored score (or ``column``), per model version and client when given; None when nothing is scored.
 
     Two scalar subqueries rather than one ``SELECT min(), max()`` because SQLite only answers a
     lone min() or max() from the index.
     """
-    where = [Sketch.score.is_not(None)]
+    where = [column.is_not(None)]
     if model_version is not None:
         where.append(Sketch.model_version == model_version)
     if client is not None:
         where.append(Sketch.client == client)
-    lo = select(func.min(Sketch.score)).where(*where).scalar_subquery()
-    hi = select(func.max(Sketch.score)).where(*where).scalar_subquery()
+    lo = select(func.min(column)).where(*where).scalar_subquery()
+    hi = select(func.max(column)).where(*where).scalar_subquery()
     row = session.execute(select(lo, hi)).one()
     if row[0] is None:
         return None
@@ -223,13 +228,33 @@ def histogram(
         hi = stored[1] if hi is None else hi
     edges = bin_edges(float(lo), float(hi), bins)
     if not flt.has_window:
-        counts = _counts_by_range(session, flt, edges)
+        # The score-bucket rollup: a few thousand rows plus one small index range per edge, at any row count.
+        counts = score_rollup.histogram_counts(session, edges, flt.client, flt.model_version)
     # One client's window is always read through (client, submitted_at): that index holds only its rows.
     elif flt.client is None and _window_share(session, flt) > COMPLEMENT_ABOVE:
         counts = _counts_by_complement(session, flt, edges)
     else:
         counts = _counts_by_bucket(session, flt, edges)
     return Histogram(edges=edges, counts=counts)
+
+
+def logit_histogram(session: Session, flt: StatsFilter | None = None, bins: int = DEFAULT_BINS) -> Histogram:
+    """Histogram of the stored scores' log-odds over their stored range: where scores pile up at 1 it still resolves.
+
+    Counted from the (score_logit) index without a window, else per row of the window (submitted_at index).
+    """
+    flt = flt or StatsFilter()
+    check_bins(bins)
+    column = Sketch.score_logit
+    stored = score_range(session, flt.model_version, flt.client, column)
+    if stored is None:
+        return Histogram(edges=bin_edges(0.0, 1.0, bins), counts=[0] * bins, empty=True, axis="logit")
+    edges = bin_edges(stored[0], stored[1], bins)
+    if flt.has_window:
+        counts = _counts_by_bucket(session, flt, edges, column)
+    else:
+        counts = _counts_by_range(session, flt, edges, column)
+    return Histogram(edges=edges, counts=counts, axis="logit")
 
 
 # A window spanning more than this share of the stored time range is counted as everything minus
@@ -267,12 +292,12 @@ def _counts_by_complement(session: Session, flt: StatsFilter, edges: list[float]
     return counts
 
 
-def _in_bin(i: int, edges: list[float]) -> ColumnElement[bool]:
-    upper = Sketch.score <= edges[i + 1] if i == len(edges) - 2 else Sketch.score < edges[i + 1]
-    return and_(Sketch.score >= edges[i], upper)
+def _in_bin(i: int, edges: list[float], column=Sketch.score) -> ColumnElement[bool]:
+    upper = column <= edges[i + 1] if i == len(edges) - 2 else column < edges[i + 1]
+    return and_(column >= edges[i], upper)
 
 
-def _counts_by_range(session: Session, flt: StatsFilter, edges: list[float]) -> list[int]:
+def _counts_by_range(session: Session, flt: StatsFilter, edges: list[float], column=Sketch.score) -> list[int]:
     """One index range count per bin: each stored score is visited once, straight from the index.
 
     Used without a time window, where (score) or (model_version, score) covers every term.
@@ -281,7 +306,7 @@ def _counts_by_range(session: Session, flt: StatsFilter, edges: list[float]) -> 
     # (~350 ms for 8*10^5 scores on 2 cores), while these counts run as a Parallel Append (~180 ms).
     where = flt.clauses()
     parts = [
-        select(literal(i).label("b"), func.count().label("n")).where(_in_bin(i, edges), *where)
+        select(literal(i).label("b"), func.count().label("n")).where(_in_bin(i, edges, column), *where)
         for i in range(len(edges) - 1)
     ]
     counts = [0] * (len(edges) - 1)
@@ -290,8 +315,8 @@ def _counts_by_range(session: Session, flt: StatsFilter, edges: list[float]) -> 
     return counts
 
 
-def _bucket_expr(edges: list[float], first: int, last: int) -> ColumnElement[int]:
-    """Bin index of Sketch.score for bins first..last, by binary search over the edges in a CASE tree.
+def _bucket_expr(edges: list[float], first: int, last: int, column=Sketch.score) -> ColumnElement[int]:
+    """Bin index of ``column`` (the score) for bins first..last, by binary search over the edges in a CASE tree.
 
     Comparing against the exact edge values (not arithmetic on the score) keeps the result
     identical to numpy.histogram, and a tree needs only log2(bins) comparisons per row.
@@ -300,17 +325,17 @@ def _bucket_expr(edges: list[float], first: int, last: int) -> ColumnElement[int
         return literal(first)
     mid = (first + last + 1) // 2
     return case(
-        (Sketch.score < edges[mid], _bucket_expr(edges, first, mid - 1)),
-        else_=_bucket_expr(edges, mid, last),
+        (column < edges[mid], _bucket_expr(edges, first, mid - 1, column)),
+        else_=_bucket_expr(edges, mid, last, column),
     )
 
 
-def _counts_by_bucket(session: Session, flt: StatsFilter, edges: list[float]) -> list[int]:
+def _counts_by_bucket(session: Session, flt: StatsFilter, edges: list[float], column=Sketch.score) -> list[int]:
     """GROUP BY bin over the rows of a time window (found through the submitted_at index)."""
     n_bins = len(edges) - 1
-    bucket = _bucket_expr(edges, 0, n_bins - 1).label("b")
+    bucket = _bucket_expr(edges, 0, n_bins - 1, column).label("b")
     # The window drives the query (submitted_at index); score and model version are checked per row.
-    score = Unindexed(Sketch.score)
+    score = Unindexed(column)
     stmt = (
         select(bucket, func.count().label("n"))
         .where(score >= edges[0], score <= edges[-1], *flt.clauses(index_model=False))
@@ -371,6 +396,17 @@ def counts(session: Session, flt: StatsFilter | None = None, scored: int | None 
     by_status = flt.clauses(index_model=False)  # (status, submitted_at) serves status + window
     queued = _count(session, Sketch.status == STATUS_QUEUED, *by_status)
     failed = _count(session, Sketch.status == STATUS_FAILED, *by_status)
+    if not flt.has_window:
+        # Scored, flagged and reviewed (scored) sketches from the score-bucket rollup.
+        rolled = score_rollup.totals(session, flt.client, flt.model_version)
+        return Counts(
+            total=queued + failed + rolled["scored"],
+            scored=rolled["scored"],
+            flagged=rolled["flagged"],
+            reviewed=rolled["reviewed"],
+            queued=queued,
+            failed=failed,
+        )
     if scored is None and flt.model_version is not None:
         # (model_version, score) holds exactly the scored sketches of that version.
         scored = _count(session, Sketch.score.is_not(None), *flt.clauses(index_window=False))
@@ -560,7 +596,10 @@ def preview(
     if not math.isfinite(t):
         raise ValueError("threshold must be a finite number")
     flt = flt or StatsFilter()
-    flagged = _count(session, Sketch.score > t, *flt.clauses(index_window=False))
+    if flt.has_window:
+        flagged = _count(session, Sketch.score > t, *flt.clauses(index_window=False))
+    else:
+        flagged = score_rollup.count_above(session, t, flt.client, flt.model_version)
     reviewed, tp, fp, fn = confusion_at(session, t, flt)
     return Preview(
         threshold=float(t),
@@ -572,6 +611,26 @@ def preview(
         false_negatives=fn,
         position=percentile_position(float(t), percentiles or []),
     )
+
+
+def logit(value: float | None) -> float | None:
+    """log(p / (1 - p)) of a bounded score or threshold in float64; None at or beyond 0 and 1."""
+    if value is None or not 0.0 < value < 1.0:
+        return None
+    return math.log(value) - math.log1p(-value)
+
+
+CALIBRATION_FIELDS = ("method", "threshold", "n", "rank", "nominal_false_flag_rate", "expected_false_flag_rate",
+                      "interval", "confidence")
+
+
+def calibration_view(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The calibrated threshold as the API and the threshold page show it (service.core.model_info.calibration)."""
+    if not record:
+        return None
+    out = {name: record.get(name) for name in CALIBRATION_FIELDS}
+    out["threshold_logit"] = logit(out["threshold"])
+    return out
 
 
 def threshold_bounds(session: Session) -> tuple[float, float]:
@@ -609,15 +668,12 @@ class FlagChanges:
 def flag_changes(session: Session, t: float) -> FlagChanges:
     """Count the scored sketches whose stored flag differs from ``score > t``, each way, in SQL.
 
-    Both counts are range scans of the (flagged, score) index over exactly the rows that change.
+    Both counts come from the score-bucket rollup by flag, plus one index range at ``t``.
     """
     if not math.isfinite(t):
         raise ValueError("threshold must be a finite number")
-    return FlagChanges(
-        threshold=float(t),
-        to_flagged=_count(session, Sketch.flagged == false(), Sketch.score > t),
-        to_unflagged=_count(session, Sketch.flagged == true(), Sketch.score <= t),
-    )
+    to_flagged, to_unflagged = score_rollup.flag_changes(session, t)
+    return FlagChanges(threshold=float(t), to_flagged=to_flagged, to_unflagged=to_unflagged)
 
 
 @dataclass
@@ -665,10 +721,12 @@ def f1_optimal_threshold(session: Session, flt: StatsFilter | None = None) -> F1
     )
 
 
-def overview(session: Session, flt: StatsFilter | None = None, bins: int = DEFAULT_BINS) -> tuple[Histogram, Counts]:
-    """Histogram over the stored range plus counts; the histogram's total doubles as the scored count."""
+def overview(
+    session: Session, flt: StatsFilter | None = None, bins: int = DEFAULT_BINS, axis: str = "score"
+) -> tuple[Histogram, Counts]:
+    """Histogram (of the scores, or with ``axis`` "logit" their log-odds) plus counts; its total is the scored count."""
     flt = flt or StatsFilter()
-    hist = histogram(session, flt, bins)
+    hist = logit_histogram(session, flt, bins) if axis == "logit" else histogram(session, flt, bins)
     # Every scored sketch has a score and the default range spans them all, so no second scan.
     return hist, counts(session, flt, scored=hist.total)
 
@@ -691,10 +749,9 @@ class Progress:
 
 
 def flagged_progress(session: Session) -> Progress:
-    """Flagged sketches with a staff verdict, of all flagged (two index counts)."""
-    total = _count(session, Sketch.flagged == true())
-    unreviewed = _count(session, Sketch.flagged == true(), Sketch.verdict.is_(None))
-    return Progress(reviewed=total - unreviewed, total=total)
+    """Flagged sketches with a staff verdict, of all flagged (from the score-bucket rollup)."""
+    rolled = score_rollup.totals(session)
+    return Progress(reviewed=rolled["flagged"] - rolled["flagged_unreviewed"], total=rolled["flagged"])
 
 
 @dataclass

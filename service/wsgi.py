@@ -2,12 +2,9 @@
 
 import gc
 
-from models.normalize import normalize_raw
 from service.app import create_app
 
 app = create_app()
-# Load the numba kernels for raw strokes now, at boot, rather than stalling the first raw submission.
-normalize_raw([[[0, 10, 20], [0, 5, 0]]])
 # ~200k objects from imports live as long as the process: a full collection that walks them paused every
 # request thread for 20-200 ms (the intake's tail latency). Frozen, collections only walk what requests make.
 gc.freeze()

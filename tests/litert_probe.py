@@ -15,8 +15,9 @@ from pathlib import Path
 from service.core.celery_app import celery_app
 
 PROBE_TASK = "sketchwatch.test.report_modules"
-# Top-level packages that would mean the pool process carries a training framework.
-HEAVY = ("tensorflow", "keras", "tf_keras", "tensorboard", "jax", "torch")
+# Top-level packages that would mean the pool process carries a training framework or a JIT compiler
+# (the stroke kernels are compiled C: numba and its LLVM cost a pool process about 106 MB).
+HEAVY = ("tensorflow", "keras", "tf_keras", "tensorboard", "jax", "torch", "numba", "llvmlite")
 
 
 @celery_app.task(name=PROBE_TASK)

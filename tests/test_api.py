@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import sqlite3
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -641,6 +642,25 @@ def test_get_sketch_returns_status_and_result_for_its_owner_only(app, client, ke
     for missing in (f"{URL}/999999999", f"{URL}/{2**70}", f"{URL}/-1", f"{URL}/abc"):
         r = client.get(missing, headers=auth(key))
         assert r.status_code == 404 and "error" in r.json
+
+
+def test_sketch_json_carries_the_score_log_odds(app, client, key):
+    from service.core.sketches import write_scores
+
+    items = client.post(URL, json=[{"drawing": SQUARE, "client_ref": f"lo{i}"} for i in range(4)], headers=auth(key))
+    ids = [item["id"] for item in items.json["items"]]
+    blank = bytes(784)
+    with app.app_context(), db.session_scope() as s:
+        # Two scores that both round to 1 keep distinct log-odds; a writer without them gets the score's own.
+        write_scores(s, [(ids[0], 1.0, blank, blank, 40.5), (ids[1], 1.0, blank, blank, 25.25),
+                         (ids[2], 0.2, blank, blank)], 0.5, "v-test", utcnow())
+    got = {i: client.get(f"{URL}/{i}", headers=auth(key)).json for i in ids}
+    assert got[ids[0]]["score"] == got[ids[1]]["score"] == 1.0
+    assert got[ids[0]]["score_logit"] == 40.5 and got[ids[1]]["score_logit"] == 25.25
+    assert got[ids[2]]["score_logit"] == pytest.approx(math.log(0.2 / 0.8), abs=1e-12)
+    assert got[ids[3]]["status"] == "queued" and got[ids[3]]["score_logit"] is None
+    listed = client.get(f"{URL}?status=scored&client_ref=lo0", headers=auth(key)).json["items"]
+    assert [item["score_logit"] for item in listed] == [40.5]
 
 
 def test_list_filters_and_keyset_pagination(app, client, key):

@@ -255,6 +255,17 @@ def _own_client(world: World) -> str:
     return world.names["own"]
 
 
+def _check_registry_untouched(world: World, who: str, resp, before: dict, after: dict) -> None:
+    from service.core.schema import ModelEvent, ModelVersion, TrainingRun
+
+    assert after == before
+    with world.app.app_context(), db.session_scope() as s:
+        # An admin's call may register the configured model as active (as the CLI does), nothing more.
+        assert set(s.scalars(select(ModelVersion.status))) <= {"active"}, who
+        assert set(s.scalars(select(ModelEvent.action))) <= {"bootstrap"}, who
+        assert s.scalar(select(func.count()).select_from(TrainingRun)) == 0, who
+
+
 def S(none, revoked, other, own, admin, session) -> dict[str, int]:
     """Expected statuses in PRINCIPALS order."""
     return dict(zip(PRINCIPALS, (none, revoked, other, own, admin, session)))
@@ -282,7 +293,20 @@ MATRIX: dict[str, list[Case]] = {
              check=_check_timeseries_of_own),
     ],
     "openapi": [Case("public", S(200, 200, 200, 200, 200, 200))],
+    # The model registry (issue 16): admin keys only; a client key gets a 403 and changes nothing. The admin's
+    # calls here are all refusals (unknown version or run, nothing to roll back, too few reviews) but the reads.
+    "listModels": [Case("registry", S(401, 401, 403, 403, 200, 401), check=_check_registry_untouched)],
+    "compareModels": [Case("no shadow", S(401, 401, 403, 403, 200, 401), check=_check_registry_untouched)],
+    "getTrainingRun": [Case("unknown run", S(401, 401, 403, 403, 404, 401), check=_check_registry_untouched)],
+    "trainModel": [Case("too few reviews", S(401, 401, 403, 403, 409, 401), check=_check_registry_untouched)],
+    "shadowModel": [Case("unknown version", S(401, 401, 403, 403, 404, 401), check=_check_registry_untouched)],
+    "promoteModel": [Case("unknown version", S(401, 401, 403, 403, 404, 401), check=_check_registry_untouched)],
+    "rollbackModel": [Case("nothing to roll back", S(401, 401, 403, 403, 409, 401), check=_check_registry_untouched)],
 }
+# Path parameters other than a sketch's {id}: what the matrix puts there, and the route variable they are.
+PATH_VALUES = {"getTrainingRun": {"id": "999999"}, "shadowModel": {"version": "no-such-version"},
+               "promoteModel": {"version": "no-such-version"}}
+PATH_RULES = {"/models/training/{id}": {"id": "<int:run_id>"}}
 
 
 def _documented_operations() -> dict[str, tuple[str, str, dict]]:
@@ -304,7 +328,8 @@ def test_every_documented_operation_has_a_matrix_entry(world):
     assert not sorted(set(MATRIX) - served_ops), "matrix entries for operations the API no longer has"
     # And every documented route is an operation: nothing under /api/v1 escapes the document.
     routes = {(m, r.rule) for r in world.app.url_map.iter_rules() if r.rule.startswith(API) for m in r.methods - {"HEAD", "OPTIONS"}}
-    documented = {(m, API + re.sub(r"\{(\w+)\}", r"<int:sketch_id>", p)) for m, p, _op in DOCUMENTED.values()}
+    documented = {(m, API + re.sub(r"\{(\w+)\}", lambda v: PATH_RULES.get(p, {}).get(v.group(1), "<int:sketch_id>" if v.group(1) == "id" else f"<{v.group(1)}>"), p))
+                  for m, p, _op in DOCUMENTED.values()}
     assert routes == documented, (routes ^ documented)
 
 
@@ -321,7 +346,8 @@ def test_matrix_statuses_are_documented_responses():
 def test_authorization_matrix(world, op_id, who):
     assert op_id in MATRIX, f"{op_id} is in the OpenAPI document but has no authorization matrix entry"
     method, path, _op = DOCUMENTED[op_id]
-    url = API + path.replace("{id}", str(world.own_ids[0] if op_id != "reviewSketch" else world.own_ids[1]))
+    values = PATH_VALUES.get(op_id, {"id": str(world.own_ids[0] if op_id != "reviewSketch" else world.own_ids[1])})
+    url = API + re.sub(r"\{(\w+)\}", lambda v: values[v.group(1)], path)
     for case in MATRIX[op_id]:
         query = {k: (v(world) if callable(v) else v) for k, v in case.query.items()}
         kwargs = case.body(world, who) if case.body else {}

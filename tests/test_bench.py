@@ -92,9 +92,12 @@ def test_fragments_name_the_bad_line(tmp_path):
 def test_dashboard_templates_are_real_drawings(shared_data):
     rows = load_templates(20)
     assert len(rows) == 20
+    from service.core.packing import unpack_bitmap, unpack_drawing
+
     for k, drawing, meta, bitmap, recon in rows:
-        assert json.loads(drawing) and "word" in json.loads(meta)
-        assert len(bitmap) == 784 and len(recon) == 784
+        # Stored as production stores them (service.core.packing): packed drawing, zlib-packed bitmaps.
+        assert unpack_drawing(drawing) and "word" in json.loads(meta)
+        assert len(unpack_bitmap(bitmap)) == 784 and len(unpack_bitmap(recon)) == 784
 
 
 def test_report_marks_unmeasured_targets():
@@ -148,7 +151,9 @@ def test_quick_bench_produces_every_figure(shared_data, tmp_path):
     assert {t["name"] for t in result["targets"]} == {
         "end-to-end throughput", "share of the model ceiling", "submit-to-scored p99",
         "intake p99 (202 answer)", "worker RSS", "dashboard and stats endpoints",
+        "PostgreSQL bytes per sketch row (table, TOAST, indexes; 8% flagged)",
     }  # fmt: skip
+    assert result["bytes_per_row"] > 0 and result["dashboard"][-1]["bytes_per_row"] == result["bytes_per_row"]
     for name in report.FIGURES:
         data = (tmp_path / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name

@@ -21,6 +21,7 @@ from sqlalchemy import event, func, select, update
 from service.app import create_app
 from service.extensions import db
 from service.core.migrate import upgrade
+from service.core.model_info import model_meta
 from service.core.schema import ApiKey, Review, Sketch, ThresholdChange, User
 from service.core.security import hash_api_key, hash_password, new_api_key
 
@@ -688,6 +689,7 @@ def test_draw_submits_through_intake_and_status_reports_the_score(app, reviewer)
         db.session.commit()
     status = reviewer.get(resp.json["status_url"]).json
     assert status["status"] == "scored" and status["score"] == 0.7 and status["flagged"] is True
+    assert "score_logit" in status  # null here: this update wrote a score without its log-odds
     assert reviewer.get(status["reconstruction_url"]).mimetype == "image/png"
     bad = reviewer.post("/draw", json={"drawing": "not strokes"}, headers={"X-CSRFToken": tok})
     assert bad.status_code == 400 and bad.json["error"]["field"].startswith("drawing")
@@ -806,3 +808,105 @@ def test_pages_use_indexes_not_table_scans(app, admin):
             assert not any(p.startswith("SCAN sketches") and "INDEX" not in p for p in plan), (statement, plan)
     finally:
         raw.close()
+
+
+# --------------------------------------------------------------------------- the score's log-odds (issue 15)
+
+
+def _set_logits(app, logits: dict[int, float]) -> None:
+    with app.app_context():
+        for sketch_id, value in logits.items():
+            db.session.execute(update(Sketch).where(Sketch.id == sketch_id).values(score_logit=value))
+        db.session.commit()
+
+
+def test_highest_score_first_orders_by_the_log_odds_so_ties_at_1_disappear(app, reviewer):
+    ids = seed_sketches(app, [1.0, 1.0, 0.7, 1.0, 0.9])
+    # Four bounded scores of 1.0000 (in float32 they round to 1): the log-odds still order them.
+    _set_logits(app, {ids[0]: 20.5, ids[1]: 31.0, ids[3]: 18.0})
+    expected = [ids[1], ids[0], ids[3], ids[4], ids[2]]
+    html = reviewer.get("/flagged?sort=score").text
+    assert _gallery_ids(html) == expected
+    assert re.findall(r'data-testid="item-score-logit"[^>]*>([^<]+)<', html)[:3] == ["31.00", "20.50", "18.00"]
+    assert _gallery_ids(reviewer.get("/flagged?sort=score_asc").text) == expected[::-1]
+    rows = re.findall(r'data-testid="sketch-row" data-id="(\d+)"', reviewer.get("/sketches?sort=score").text)
+    assert [int(i) for i in rows] == expected
+    # The detail page shows them and walks the same order.
+    html = reviewer.get(f"/sketches/{ids[0]}", query_string={"next": "/flagged?sort=score"}).text
+    assert re.search(r'data-testid="detail-score-logit">20.5000<', html)
+    assert f'href="/sketches/{ids[1]}' in html and f'href="/sketches/{ids[3]}' in html
+    # The CSV export carries them, in the same order.
+    exported = list(csv.DictReader(io.StringIO(reviewer.get("/export.csv?sort=score").text)))
+    assert [int(r["id"]) for r in exported] == expected and float(exported[0]["score_logit"]) == 31.0
+
+
+def test_seeded_scores_get_their_log_odds_on_insert(app):
+    ids = seed_sketches(app, [0.2, 1.0, None], images=False)
+    with app.app_context():
+        got = [db.session.get(Sketch, i).score_logit for i in ids]
+    assert got[0] == pytest.approx(np.log(0.25)) and got[1] == pytest.approx(17.33, abs=0.01) and got[2] is None
+
+
+def test_threshold_page_shows_log_odds_and_the_calibrated_rate_with_its_interval(app, admin):
+    seed_sketches(app, [0.1, 0.6, 0.9])
+    page = admin.get("/threshold")
+    html = page.text
+    assert re.search(r'data-testid="current-threshold-logit"[^>]*>\(log-odds 0.0000\)', html)
+    # The shipped model's held-out cats: the page names the nominal 5% and a Beta interval around it.
+    assert 'data-testid="calibration"' in html and 'data-testid="suggest-calibrated"' in html
+    assert re.search(r'data-testid="calibration-rate">5.0%<', html)
+    low, high = (float(v) for v in re.search(r'data-testid="calibration-interval">([\d.]+)%–([\d.]+)%<', html).groups())
+    assert 2.5 < low < 5.0 < high < 8.0
+    resp = admin.post("/threshold", data={"value": "0.8", "reason": "calibrated", "csrf_token": csrf_token(html),
+                                          "confirm": "yes"})
+    assert resp.status_code == 302
+    history = admin.get("/threshold").text
+    assert re.search(r'data-testid="history-logit">0.000 → 1.386<', history)
+    assert re.search(r'data-testid="threshold-logit-input" id="threshold-logit-input"', history)
+    # A threshold may be given as log-odds instead (the value box left empty): stored on the score's scale.
+    preview = admin.get("/threshold/preview?logit=-1.3862943611198906").json
+    assert preview["threshold"] == pytest.approx(0.2) and preview["threshold_logit"] == pytest.approx(np.log(0.25))
+    assert admin.get("/threshold/preview?logit=nan").status_code == 400
+    assert admin.get("/threshold/preview?logit=800").json["error"]["field"] == "logit"
+    resp = admin.post("/threshold", data={"value": "", "value_logit": "-1.3862943611198906", "reason": "as log-odds",
+                                          "csrf_token": csrf_token(history), "confirm": "yes"})
+    assert resp.status_code == 302
+    with app.app_context():
+        latest = db.session.execute(select(ThresholdChange).order_by(ThresholdChange.id.desc())).scalars().first()
+    assert latest.value == pytest.approx(0.2, abs=1e-15) and latest.previous == 0.8
+    assert [f for _s, f in _flags(app)] == [False, True, True]
+
+
+def test_stats_api_gives_the_threshold_as_log_odds_and_the_calibration(app, admin):
+    seed_sketches(app, [0.1, 0.6, 0.9], images=False)
+    body = admin.get("/api/v1/stats/histogram").json
+    assert body["threshold"] == DEFAULT_THRESHOLD and body["threshold_logit"] == 0.0
+    cal = body["calibration"]
+    # The shipped model's held-out cats (a few hundred at least): a nominal 5% with a 95% interval around it.
+    n = model_meta(None)["heldout_cat_score"]["n"]
+    assert cal["n"] == n >= 500 and cal["nominal_false_flag_rate"] == pytest.approx(0.05) and cal["confidence"] == 0.95
+    assert cal["interval"][0] < cal["expected_false_flag_rate"] < cal["interval"][1]
+    assert cal["interval"][0] < 0.05 < cal["interval"][1]
+    assert cal["threshold_logit"] == pytest.approx(np.log(cal["threshold"] / (1 - cal["threshold"])))
+
+
+def test_histogram_on_the_log_odds_axis(app, admin, client):
+    scores = [0.1, 0.3, 0.6, 0.99, 1.0, 1.0]
+    ids = seed_sketches(app, scores, images=False)
+    _set_logits(app, {ids[4]: 20.0, ids[5]: 30.0})
+    body = admin.get("/api/v1/stats/histogram?axis=logit&bins=4").json
+    hist = body["histogram"]
+    assert hist["axis"] == "logit" and hist["total"] == 6
+    assert hist["lo"] == pytest.approx(np.log(0.1 / 0.9)) and hist["hi"] == 30.0
+    expected, _ = np.histogram([np.log(s / (1 - s)) for s in scores[:4]] + [20.0, 30.0], bins=4,
+                               range=(hist["lo"], hist["hi"]))
+    assert hist["counts"] == expected.tolist()
+    assert admin.get("/api/v1/stats/histogram").json["histogram"]["axis"] == "score"
+    err = admin.get("/api/v1/stats/histogram?axis=odds")
+    assert err.status_code == 400 and err.json["error"]["field"] == "axis"
+    windowed = admin.get("/api/v1/stats/histogram?axis=logit&bins=4&since=2026-05-01T12:02:00Z").json["histogram"]
+    assert windowed["total"] == 4 and windowed["edges"] == hist["edges"]  # one axis whatever the window
+    html = admin.get("/?axis=logit&range=all").text
+    assert re.search(r'data-testid="histogram-axis">score log-odds<', html)
+    assert re.search(r'data-testid="threshold-line" data-value="0.0"', html)  # the threshold 0.5 as log-odds
+    assert admin.get("/?axis=odds").status_code == 400

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_SERVICES = {"migrate", "web", "worker", "alerts", "beat"}
+APP_SERVICES = {"migrate", "web", "worker", "alerts", "training", "beat"}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def assert_entry_point(argv: list[str]) -> None:
 
 def test_compose_has_every_service_with_health_checks(compose):
     services = compose["services"]
-    assert {"redis", "postgres", "web", "worker", "beat", "migrate"} <= set(services)
+    assert {"redis", "postgres", "web", "worker", "alerts", "training", "beat", "migrate"} <= set(services)
     for name in ("redis", "postgres", "web"):
         assert "healthcheck" in services[name], name
     assert "redis-data" in compose["volumes"] and "postgres-data" in compose["volumes"]

@@ -26,6 +26,11 @@ SCORE_TOL = 1e-5
 RECON_TOL = 1e-4
 
 
+def shipped_heldout_cats() -> int:
+    """How many held-out cats the shipped model records (its parity check and --heldout-only use them all)."""
+    return int(json.loads((shipped_model_dir() / META_FILE).read_text())["data"]["cats"]["n_heldout"])
+
+
 def keras_only_copy(dest: Path) -> Path:
     """The shipped model.keras and model.json (without any litert record) in ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -70,7 +75,7 @@ def keras_scorer(keras_dir):
 
 @pytest.fixture(scope="module")
 def test_bitmaps(shared_data) -> dict[str, np.ndarray]:
-    """Every test drawing at hand: the 525 held-out cats, 15,000 non-cat bitmaps, stroke cats and non-cats."""
+    """Every test drawing at hand: the shipped model's held-out cats, 15,000 non-cat bitmaps, stroke cats and non-cats."""
     from models.raster import rasterize_batch
 
     meta = json.loads((shipped_model_dir() / META_FILE).read_text())
@@ -99,7 +104,7 @@ def test_export_writes_a_plain_graph_and_records_its_parity(exported):
     parity = record["parity"]
     assert parity["passed"] is True
     assert set(parity["sets"]) == {"heldout_cats", "noncats"}
-    assert parity["sets"]["heldout_cats"]["n"] == meta["data"]["cats"]["n_heldout"] == 525
+    assert parity["sets"]["heldout_cats"]["n"] == meta["data"]["cats"]["n_heldout"] == shipped_heldout_cats()
     assert parity["sets"]["noncats"]["n"] == 1000
     for figures in parity["sets"].values():
         assert 0 <= figures["max_abs_reconstruction_diff"] <= RECON_TOL
@@ -143,7 +148,7 @@ def test_export_refuses_a_graph_that_fails_parity_and_writes_nothing(tmp_path, s
         export_artifact(path, data_dir=shared_data, recon_tol=1e-12)
     message = str(info.value)
     assert "does not match Keras" in message and f"{TFLITE_FILE} was not written" in message
-    assert "heldout_cats: n=525" in message and "noncats: n=1000" in message
+    assert f"heldout_cats: n={shipped_heldout_cats()}" in message and "noncats: n=1000" in message
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
 
 
@@ -164,7 +169,7 @@ def test_export_without_the_data_checks_synthetic_drawings(tmp_path):
     record = export_artifact(path, data_dir=tmp_path / "no-data-here")
     sets = record["parity"]["sets"]
     assert list(sets) == ["synthetic"]
-    assert sets["synthetic"]["n"] == 525 + 1000
+    assert sets["synthetic"]["n"] == shipped_heldout_cats() + 1000
     assert "data files not found under" in sets["synthetic"]["source"]
     assert sets["synthetic"]["max_abs_score_diff"] <= SCORE_TOL
     blank, _ = LiteScorer.load(path).score_bitmaps(np.zeros((1, 28, 28), dtype=np.uint8))
@@ -177,7 +182,7 @@ def test_export_command_is_quiet_unless_verbose(tmp_path):
     quiet = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
-    assert "parity synthetic (n=1525)" in quiet.stdout
+    assert f"parity synthetic (n={shipped_heldout_cats() + 1000})" in quiet.stdout
     loud = subprocess.run([*cmd, "--verbose"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert loud.returncode == 0, loud.stderr
     assert "oneDNN" in loud.stderr  # the line the quiet run dropped
@@ -193,7 +198,8 @@ def test_evaluate_compares_the_runtimes_in_one_quiet_run(shared_data):
     runtimes = result["runtimes"]
     assert runtimes["max_abs_score_diff"] <= SCORE_TOL
     assert round(runtimes["keras"]["auroc"], 3) == round(runtimes["litert"]["auroc"], 3) == round(result["auroc"], 3)
-    assert result["runtime"] == "keras" and result["n_normal"] == 525 and result["n_anomalous"] == 15000
+    assert result["runtime"] == "keras" and result["n_normal"] == shipped_heldout_cats()
+    assert result["n_anomalous"] == 15000
 
 
 def test_evaluate_on_litert_never_loads_tensorflow(shared_data):
@@ -277,6 +283,10 @@ def test_score_drawings_matches_score_bitmaps(exported, shared_data):
     expected, expected_recon = lite.score_bitmaps(rasterize_batch(drawings))
     np.testing.assert_array_equal(scores, expected)
     np.testing.assert_array_equal(recon, expected_recon)
+    result = lite.score_drawings_result(drawings, batch_size=256)
+    np.testing.assert_array_equal(result.scores, expected)
+    np.testing.assert_array_equal(result.logits, lite.score_result(rasterize_batch(drawings)).logits)
+    assert result.logits.dtype == np.float64 and np.all(np.isfinite(result.logits))
     assert lite.percentiles.keys() == {"90", "95", "99", "99.5"}
     assert lite.suggested_threshold == pytest.approx(lite.meta["suggested_threshold"])
 
@@ -388,11 +398,17 @@ def test_pool_process_scores_with_litert_and_never_imports_tensorflow(stack, exp
     ids += [i for item in others[100:110] for i in _submit(s, [item])]
     rows = s.wait_for(ids, {"scored"}, timeout=120)
 
-    bitmaps = np.stack([np.frombuffer(rows[i].input_bitmap, dtype=np.uint8).reshape(28, 28) for i in ids])
+    # A stroke submission's model input is its rasterized drawing (not stored since migration 0010).
+    from models.raster import rasterize
+
+    bitmaps = np.stack([rasterize(rows[i].drawing) for i in ids])
     expected, _ = keras_scorer.score_bitmaps(bitmaps)
     got = np.array([rows[i].score for i in ids])
     assert np.max(np.abs(got - expected)) <= SCORE_TOL
     assert all(rows[i].model_version == keras_scorer.version for i in ids)
+    # The worker stores the log-odds from the model's sums (issue 15): those of this runtime, row by row.
+    logits = np.array([rows[i].score_logit for i in ids], dtype=np.float64)
+    np.testing.assert_allclose(logits, LiteScorer.load(exported[0]).score_result(bitmaps).logits, rtol=0, atol=1e-4)
 
     producer = make_celery(get_settings({"broker_url": s.broker_url, "database_url": s.database_url}))
     report_path = tmp_path / "modules.json"
@@ -407,11 +423,11 @@ def test_pool_process_scores_with_litert_and_never_imports_tensorflow(stack, exp
     assert report["litert_loaded"] is True and report["runtime"] == "litert"
     assert report["interpreter_sizes"] == [1, 2, 4, 8, 16, 32, 64]
 
-    # No process of the worker (main, pool, beat) nor of the web server maps TensorFlow's libraries,
-    # and the web maps no LiteRT either.
+    # No process of the worker (main, pool, beat) nor of the web server maps TensorFlow's libraries or
+    # numba's LLVM (the stroke kernels are compiled C), and the web maps no LiteRT either.
     for pid in s.worker_pids():
         libs = _mapped_libraries(pid)
-        assert not [p for p in libs if "tensorflow" in p or "/keras/" in p], pid
+        assert not [p for p in libs if "tensorflow" in p or "/keras/" in p or "llvmlite" in p], pid
     web = psutil.Process(s.procs["web"].pid)
     for proc in [web, *web.children(recursive=True)]:
         libs = _mapped_libraries(proc.pid)

@@ -10,6 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from service.core.migrate import MIGRATIONS_DIR, heads, upgrade
+from service.core.partitions import include_name
 from service.core.schema import Base
 from stack_fixtures import fresh_pg_database
 
@@ -28,7 +29,8 @@ def _diff(url: str) -> list:
     upgrade(url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        # Partitions of sketches (PostgreSQL) are made at run time, not declared in the models.
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": include_name})
         diff = compare_metadata(ctx, Base.metadata)
     engine.dispose()
     return diff

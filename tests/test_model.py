@@ -210,6 +210,12 @@ def test_artifact_round_trip_gives_identical_scores(tiny_model, cats, tmp_path):
     assert loaded_meta == meta
     scorer = Scorer.load(tmp_path / "art")
     np.testing.assert_array_equal(scorer.score_bitmaps(cats[:64])[0], before)
+    # The Keras scorer's richer result: the same scores and reconstructions, with float64 log-odds (issue 15).
+    result = scorer.score_result(cats[:64])
+    np.testing.assert_array_equal(result.scores, before)
+    np.testing.assert_array_equal(result.reconstructions, recon_before)
+    assert result.logits.dtype == np.float64 and np.all(np.isfinite(result.logits))
+    assert np.all(np.diff(result.logits[np.argsort(before, kind="stable")]) >= -1e-3)  # the same order as the scores
     assert scorer.version == meta["version"] and scorer.suggested_threshold == meta["suggested_threshold"]
 
 
@@ -373,12 +379,15 @@ def test_train_command_writes_a_loadable_artifact(tmp_path, shared_data):
     assert set(meta["metrics"]) == {"heldout_categories", "more.npy"}
     assert meta["metrics"]["heldout_categories"]["per_category"][0]["category"] == "circle"
     assert "cats.npy" in meta["normal_checks"]
-    assert meta["suggested_threshold"] == meta["percentiles"]["95"]
     assert meta["training"]["history"]["epochs_run"] == 1
     held_file = load_file(cats)
     _, held = split_holdout(200, 0.15, 2)
     scores, _ = score_batch(model, held_file.bitmaps[held])
     assert np.percentile(scores, 95) == pytest.approx(meta["percentiles"]["95"], rel=1e-5)
+    # The suggested threshold is split-conformal: the ceil(31 * 0.95) = 30th smallest of the 30 held-out cats.
+    assert meta["suggested_threshold"] == pytest.approx(float(np.sort(scores)[29]), rel=1e-5)
+    calibration = meta["threshold_calibration"]
+    assert calibration["nominal_fpr"] == pytest.approx(0.05) and calibration["fpr_on_new_cats"]["n"] == 30
     # --heldout-only keeps the 30 held-out cats and drops the 'line' rows the model trained on.
     result = CliRunner().invoke(evaluate_command, ["--normal", str(cats), "--anomalous", str(anomalous),
                                                    "--model", str(out), "--heldout-only", "--json"])

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from service.api.auth_key import KeyCache
-from service.queue import Enqueuer
+from service.queue import Enqueuer, coalescing_window
 
 
 class Recorder:
@@ -123,6 +123,65 @@ def test_the_idle_sender_thread_exits_and_a_new_one_starts(monkeypatch):
     wait_until(lambda: q._thread is None)
     q.submit([2])
     wait_until(lambda: rec.sent == [[1], [2]])
+
+
+def test_the_window_grows_with_the_ids_waiting_up_to_the_linger():
+    assert coalescing_window(1, 256, 0.25) == pytest.approx(0.25 / 16)
+    assert coalescing_window(64, 256, 0.25) == pytest.approx(0.125)
+    assert coalescing_window(256, 256, 0.25) == coalescing_window(1000, 256, 0.25) == pytest.approx(0.25)
+
+
+def test_single_ids_at_a_modest_rate_are_not_held_for_the_linger():
+    submitted: dict[int, float] = {}
+    delays: list[float] = []
+    rec = Recorder()
+
+    def send(ids: list[int]) -> None:
+        delays.extend(time.monotonic() - submitted[i] for i in ids)
+        rec.send(ids)
+
+    q = Enqueuer(send=send, mark_unsent=rec.mark_unsent, chunk_size=256, linger_s=0.25)
+    for i in range(40):  # 100 ids/s, one per request
+        submitted[i] = time.monotonic()
+        q.submit([i])
+        time.sleep(0.01)
+    wait_until(lambda: len(delays) == 40)
+    # A fixed 250 ms linger held most of them for up to 250 ms in 2-3 tasks; the window now stays near
+    # linger**2 * rate / chunk (about 25 ms here), and they still share tasks.
+    assert max(delays) < 0.15
+    assert 4 <= len(rec.sent) < 40
+
+
+def test_ids_gather_for_the_whole_linger_while_the_workers_are_behind():
+    rec = Recorder()
+    backlog = [0]
+    q = Enqueuer(send=rec.send, mark_unsent=rec.mark_unsent, chunk_size=256, linger_s=0.3,
+                 backlog=lambda: backlog[0])
+    q.submit([0])
+    wait_until(lambda: rec.sent == [[0]])  # read 0 before this send: the workers keep up
+    backlog[0] = 3
+    q.submit([1])
+    wait_until(lambda: len(rec.sent) == 2)  # sent within the short window; read 3 before it
+    started = time.monotonic()
+    for i in range(2, 22):  # 100 ids/s
+        q.submit([i])
+        time.sleep(0.01)
+    wait_until(lambda: sum(map(len, rec.sent)) == 22)
+    # Behind: one task per linger (about 0.2 s of ids, so one or two tasks), not one every few ms.
+    assert len(rec.sent) <= 4
+    assert time.monotonic() - started >= 0.25
+
+
+def test_an_unreadable_backlog_counts_as_none():
+    def broken() -> int:
+        raise ConnectionError("redis down")
+
+    rec = Recorder()
+    q = Enqueuer(send=rec.send, mark_unsent=rec.mark_unsent, chunk_size=256, linger_s=10.0, backlog=broken)
+    q.submit([1])
+    wait_until(lambda: rec.sent == [[1]])
+    q.submit([2])
+    wait_until(lambda: rec.sent == [[1], [2]], timeout_s=2.0)  # a lone id: the short window, not 10 s
 
 
 # --------------------------------------------------------------------------- API-key cache

@@ -1,12 +1,25 @@
-"""Rasterizer: fidelity to the official numpy_bitmap rendering, degenerate input, compositing rules."""
+"""Rasterizer: fidelity to the official numpy_bitmap rendering, degenerate input, compositing rules, and
+bit-identity of the C kernels (models/_kernels.c) with the numba kernels they replaced."""
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pytest
 
+from models import _kernels, raster
 from models.formats import read_ndjson
+from models.normalize import normalize_raw
 from models.raster import rasterize, rasterize_batch
+
+# SHA-256 of outputs of the numba kernels (removed with the port to C) on the inputs built below: the C
+# kernels must reproduce them bit for bit, so the model's inputs did not change with the port.
+NUMBA_DIGESTS = {
+    "others": "6e911a19718998fcc921fac39911ee713e5f3d0a4867f644ca9e3490b36ee729",
+    "fractional": "9074fc09201a2f11afe2e901e781eab2a6a3fbe2bed1fdd36df500931e80a258",
+    "raw": "92133b91a6b309d51dfc4c08a6b88020145299b3e5c5ff8fb1984f89b793a7dd",
+}
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -119,3 +132,80 @@ def test_far_out_coordinates_do_not_crash():
 def test_invalid_strokes_raise_value_error(strokes):
     with pytest.raises(ValueError):
         rasterize(strokes)
+
+
+def _wobble(n: int, i: int, k: int) -> np.ndarray:
+    # Plain arithmetic, no sin/cos: numpy's vectorised transcendental functions may differ by CPU.
+    return (((np.arange(n) * k + i) % 11) - 5) * 0.15
+
+
+def _fractional(drawings: list) -> list:
+    """Each drawing scaled, shifted and wobbled: non-integer geometry, partly off the canvas."""
+    out = []
+    for i, strokes in enumerate(drawings):
+        f = 0.35 + (i % 13) * 0.1
+        out.append([np.vstack((s[0] * f + (i % 7) * 9.5 - 20 + _wobble(s.shape[1], i, 3),
+                               s[1] * f + (i % 5) * 11.25 - 15 + _wobble(s.shape[1], i, 7)))
+                    for s in strokes])
+    return out
+
+
+def _rawish(drawings: list) -> list:
+    """Each drawing moved to another range and made denser and noisier, like a raw recording."""
+    scales = (1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+    out = []
+    for i, strokes in enumerate(drawings):
+        f = scales[i % len(scales)]
+        raw = []
+        for s in strokes:
+            n = s.shape[1]
+            t = np.linspace(0, n - 1, 2 * n - 1) if n > 1 else np.zeros(1)
+            x = np.interp(t, np.arange(n), s[0]) * f + 1000.0 * f + _wobble(t.size, i, 3) * f
+            y = np.interp(t, np.arange(n), s[1]) * f - 500.0 * f + _wobble(t.size, i, 5) * f
+            raw.append(np.vstack((x, y)))
+        out.append(raw)
+    return out
+
+
+@pytest.fixture(scope="module")
+def others(shared_data):
+    return [d.strokes for d in read_ndjson(shared_data / "others.ndjson")]
+
+
+def test_bitmaps_are_identical_to_the_numba_kernel(others):
+    assert len(others) > 9000
+    assert hashlib.sha256(rasterize_batch(others).tobytes()).hexdigest() == NUMBA_DIGESTS["others"]
+    fractional = rasterize_batch(_fractional(others))
+    assert hashlib.sha256(fractional.tobytes()).hexdigest() == NUMBA_DIGESTS["fractional"]
+
+
+def test_raw_normalisation_is_identical_to_the_numba_kernel(others):
+    digest = hashlib.sha256()
+    for strokes in map(normalize_raw, _rawish(others[:3000])):
+        for stroke in strokes:
+            digest.update(np.ascontiguousarray(stroke).tobytes())
+            digest.update(b"|")
+        digest.update(b"#")
+    assert digest.hexdigest() == NUMBA_DIGESTS["raw"]
+
+
+def test_kernel_geometry_matches_the_module():
+    assert _kernels.constants() == {
+        "SIDE": raster.SIDE, "SCALE": raster.SCALE, "PEN_RADIUS": raster.PEN_RADIUS, "SUB_ROWS": raster.SUB_ROWS,
+    }
+
+
+def test_kernel_refuses_inconsistent_buffers_instead_of_reading_past_them():
+    xy = np.zeros(3)
+    out = np.zeros((1, 28, 28), np.uint8)
+    ptr = np.array([0, 3], np.int64)
+    with pytest.raises(ValueError, match="past the end"):
+        _kernels.render(xy, xy, np.array([0, 4], np.int64), np.array([0, 1], np.int64), out)
+    with pytest.raises(ValueError, match="not decrease"):
+        _kernels.render(xy, xy, np.array([0, 2, 1, 3], np.int64), np.array([0, 3], np.int64), out)
+    with pytest.raises(ValueError, match="28"):
+        _kernels.render(xy, xy, ptr, np.array([0, 1], np.int64), np.zeros(10, np.uint8))
+    with pytest.raises(ValueError, match="spacing"):
+        _kernels.normalize(xy, xy, ptr, 0.0, 2.0, 255.0)
+    with pytest.raises(TypeError):
+        _kernels.render(xy, xy, ptr, np.array([0, 1], np.int64), bytes(784))  # read-only output

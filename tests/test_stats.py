@@ -492,3 +492,29 @@ def test_threshold_bounds_are_the_score_range_widened_by_stored_scores(session):
     assert stats.threshold_bounds(session) == (0.0, 1.0)
     seed(session, [1.4])
     assert stats.threshold_bounds(session) == (0.0, 1.4)
+
+
+# --------------------------------------------------------------------------- the log-odds axis (issue 15)
+
+
+def test_log_odds_histogram_equals_numpy_and_resolves_scores_that_round_to_1(session):
+    rng = np.random.default_rng(7)
+    scores = rng.uniform(0.01, 0.99, 300).tolist() + [1.0] * 20
+    ids = seed(session, scores)
+    # Rows inserted without log-odds get those of their score (1.0: 17.33); the last ones get the model's own.
+    logits = [math.log(s / (1 - s)) for s in scores[:300]] + [math.log(2.0**25 - 1.0)] * 10
+    logits += [18.0 + i for i in range(10)]
+    for sketch_id, value in zip(ids[310:], logits[310:]):
+        session.execute(update(Sketch).where(Sketch.id == sketch_id).values(score_logit=value))
+    session.commit()
+    hist = stats.logit_histogram(session, bins=25)
+    expected, edges = numpy_hist(logits, 25, min(logits), max(logits))
+    assert hist.axis == "logit" and hist.counts == expected and hist.edges == pytest.approx(edges)
+    # The bounded histogram puts all 20 in its last bin; on the log-odds axis they spread over several.
+    assert stats.histogram(session, bins=25).counts[-1] >= 20
+    assert sum(1 for c in hist.counts[-8:] if c) >= 4
+    window = stats.StatsFilter(since=T0 + timedelta(minutes=100), until=T0 + timedelta(minutes=315))
+    got = stats.logit_histogram(session, window, bins=25)
+    expected_window, _ = numpy_hist(logits[100:315], 25, min(logits), max(logits))
+    assert got.counts == expected_window and got.edges == hist.edges
+    assert stats.logit_histogram(session, stats.StatsFilter(model_version="none"), bins=3).empty

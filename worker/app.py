@@ -11,7 +11,10 @@ from service.core.celery_app import celery_app, configure
 from service.core.settings import get_settings
 
 # Imported by Celery at start-up, before the worker or beat sets up logging or connects to the broker.
-TASK_MODULES = ("worker.lifecycle", "worker.scoring", "worker.sweeper", "worker.alerts", "worker.heartbeat")
+TASK_MODULES = (
+    "worker.lifecycle", "worker.scoring", "worker.rescoring", "worker.sweeper", "worker.alerts", "worker.heartbeat",
+    "worker.training", "worker.retention", "worker.partitions",
+)
 
 configure(celery_app, get_settings())
 celery_app.conf.include = list(TASK_MODULES)

@@ -16,6 +16,7 @@ import signal
 
 from celery.local import Proxy
 from celery.signals import beat_init, celeryd_init, setup_logging, task_postrun, worker_init, worker_process_init
+from sqlalchemy.orm import configure_mappers
 
 from service.core.celery_app import celery_app, configured_settings, prepare_broker
 from service.core.db import db
@@ -50,7 +51,7 @@ def _configure_logging(**_kwargs) -> None:
 
 @worker_init.connect
 def _check_model_before_fork(**_kwargs) -> None:
-    """In the worker's main process: refuse to start (exit 78) when the model files are missing or corrupt."""
+    """In the worker's main process: exit 78 when the model files are missing or corrupt, then prepare the fork."""
     global _main_pid
     _main_pid = os.getpid()
     configure_logging(settings)  # Celery sets up logging only after this signal
@@ -65,6 +66,26 @@ def _check_model_before_fork(**_kwargs) -> None:
         lower_priority(settings.worker_nice)
     # A pool process that cannot load the model signals this, and the worker stops with EX_CONFIG.
     signal.signal(signal.SIGUSR2, _on_model_failure)
+    _build_cffi_parser()
+    # The ORM sets its mappers up on the first query; done here, the pool processes inherit them instead of
+    # each paying for it before its first task (the model registry is read at load).
+    configure_mappers()
+    # Celery runs a full gc.collect() before forking each pool process; with the imports above (SQLAlchemy,
+    # numpy, Celery itself) each one walked every object. Frozen, they are skipped there and in the pool
+    # processes' own collections, and the children do not dirty the pages they share with this process.
+    gc.freeze()
+
+
+def _build_cffi_parser() -> None:
+    """Build cffi's C parser once, before the fork, instead of in every pool process."""
+    # Each new pool process sets its parent-death signal through cffi when it is installed (billiard's
+    # set_pdeathsig declares prctl with ffi.cdef), and cffi builds its pycparser parser on the first
+    # declaration: the largest step of a pool process's start after the model. It is cached per process.
+    try:
+        import cffi
+    except ImportError:  # billiard then uses ctypes, which needs no parser
+        return
+    cffi.FFI().cdef("int prctl (int __option, ...);")
 
 
 def lower_priority(nice: int) -> None:
@@ -105,7 +126,7 @@ def _init_pool_process(**_kwargs) -> None:
     """In each pool process after fork: its own database engine, then TensorFlow and the model."""
     bind_database()
     try:
-        scorer = model_runtime.load(settings.model_dir, settings.tf_threads)
+        scorer = model_runtime.load_serving(settings)
     except model_runtime.ModelUnavailable as exc:
         log.critical("the scoring model could not be loaded; stopping the worker: %s", exc)
         _stop_worker()

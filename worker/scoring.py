@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from service.core import sketches
+from service.core import registry, sketches
 from service.core.celery_app import SCORE_TASK, celery_app
 from service.core.db import db
 from service.core.schema import utcnow
@@ -25,6 +25,9 @@ from worker import model_runtime
 from worker.lifecycle import ensure_database, settings
 
 log = logging.getLogger(__name__)
+
+# A batch is scored again when a promote or rollback committed meanwhile; more switches than this is a bug.
+MAX_MODEL_SWITCHES = 5
 
 
 @dataclass
@@ -104,6 +107,12 @@ def score_sketches(self, ids: list[int]) -> dict:
             extra={"sketch_ids": wanted, "retry": self.request.retries + 1},
         )
         raise self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from None
+    except model_runtime.ModelUnavailable as exc:
+        # The registry's active version cannot be loaded here (artifact unreachable?): the sketches stay
+        # queued for a later try rather than being scored by another version.
+        delay = retry_delay(self.request.retries)
+        log.error("active model unavailable (%s); retrying in %.1f s", exc, delay, extra={"sketch_ids": wanted})
+        raise self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from None
 
 
 def score_ids(ids: Sequence[int], scorer=None) -> BatchOutcome:
@@ -130,21 +139,44 @@ def _score_chunk(ids: list[int], scorer) -> BatchOutcome:
         log.info("nothing to score: already scored, failed or unknown", extra={"sketch_ids": ids})
         return outcome
 
-    scorer = scorer or model_runtime.get_scorer(settings.model_dir, settings.tf_threads)
-    bitmaps, errors = build_inputs(rows)
-    results = run_model(scorer, bitmaps, errors)
-    now = utcnow()
-    with db.session_scope() as session:
-        lock_threshold(session)
-        threshold = current_threshold(session, settings)
-        sketches.write_scores(
-            session,
-            ((i, score, recon.tobytes(), bitmaps[i].tobytes()) for i, (score, recon) in results.items()),
-            threshold,
-            scorer.version,
-            now,
-        )
-        sketches.write_errors(session, errors, settings.max_attempts)
+    bitmaps, input_errors = build_inputs(rows)
+    # A scorer handed in by the caller is used as is; otherwise the registry decides.
+    follow_registry = scorer is None
+    models = model_runtime.serving(settings) if follow_registry else model_runtime.Serving(scorer)
+    for _ in range(MAX_MODEL_SWITCHES):
+        scorer, errors = models.active, dict(input_errors)
+        results = run_model(scorer, bitmaps, errors)
+        shadow_scores = run_shadow(models, bitmaps, results)
+        now = utcnow()
+        with db.session_scope() as session:
+            lock_threshold(session)
+            # Read under the lock a promote or rollback takes exclusively: a switch that committed since the
+            # snapshot was taken is seen here, and the batch is scored again by the new active version.
+            # An empty registry (None) leaves the configured model in charge.
+            active = registry.active_version(session) if follow_registry else None
+            if active is not None and active != scorer.version:
+                session.rollback()
+                models = model_runtime.serving(settings, force=True)
+                continue
+            threshold = current_threshold(session, settings)
+            sketches.write_scores(
+                session,
+                (
+                    (i, score, recon.tobytes(), bitmaps[i].tobytes(), logit)
+                    for i, (score, recon, logit) in results.items()
+                ),
+                threshold,
+                scorer.version,
+                now,
+            )
+            sketches.write_errors(session, errors, settings.max_attempts)
+            if shadow_scores:
+                registry.write_shadow_scores(
+                    session, shadow_scores, models.shadow.version, models.shadow_threshold, now
+                )
+        break
+    else:
+        raise RuntimeError(f"the active model changed {MAX_MODEL_SWITCHES} times while one batch was scored")
     attempts = {row.id: row.attempts for row in rows}
     outcome.scored = list(results)
     outcome.errors = errors
@@ -172,6 +204,19 @@ def _score_chunk(ids: list[int], scorer) -> BatchOutcome:
         },
     )
     return outcome
+
+
+def run_shadow(models, bitmaps: dict[int, np.ndarray], results: dict) -> list[tuple[int, float]]:
+    """The shadow version's (id, score) of the sketches the active one scored; none when it fails (logged)."""
+    if models.shadow is None or not results:
+        return []
+    ids = list(results)
+    try:
+        scores = models.shadow.score_bitmaps(np.stack([bitmaps[i] for i in ids]))[0]
+    except Exception:  # noqa: BLE001 - the shadow is a comparison: it must never fail the active scoring
+        log.warning("shadow scoring failed", exc_info=True, extra={"model_version": models.shadow.version})
+        return []
+    return [(i, float(s)) for i, s in zip(ids, scores, strict=True) if np.isfinite(s)]
 
 
 def build_inputs(rows) -> tuple[dict[int, np.ndarray], dict[int, str]]:
@@ -205,8 +250,8 @@ def build_inputs(rows) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     return bitmaps, errors
 
 
-def run_model(scorer, bitmaps: dict[int, np.ndarray], errors: dict[int, str]) -> dict[int, tuple[float, np.ndarray]]:
-    """Score all bitmaps in one model call; isolate per-sketch failures into ``errors``.
+def run_model(scorer, bitmaps: dict[int, np.ndarray], errors: dict[int, str]) -> dict[int, tuple[float, np.ndarray, float]]:
+    """Score all bitmaps in one model call: (score, reconstruction, log-odds) per id; failures go to ``errors``.
 
     Raises when the model fails for every sketch: that is the model or the process, not the input,
     and must not use up the sketches' attempts.
@@ -215,8 +260,8 @@ def run_model(scorer, bitmaps: dict[int, np.ndarray], errors: dict[int, str]) ->
     if not ids:
         return {}
     try:
-        scores, recons = scorer.score_bitmaps(np.stack([bitmaps[i] for i in ids]))
-        results = {i: (float(s), r) for i, s, r in zip(ids, scores, recons, strict=True)}
+        scores, recons, logits = _score_with_logits(scorer, np.stack([bitmaps[i] for i in ids]))
+        results = {i: (float(s), r, float(lg)) for i, s, r, lg in zip(ids, scores, recons, logits, strict=True)}
     except Exception:
         if len(ids) == 1:
             raise
@@ -224,20 +269,29 @@ def run_model(scorer, bitmaps: dict[int, np.ndarray], errors: dict[int, str]) ->
         results, failures = {}, {}
         for i in ids:
             try:
-                s, r = scorer.score_bitmaps(bitmaps[i][None])
-                results[i] = (float(s[0]), r[0])
+                s, r, lg = _score_with_logits(scorer, bitmaps[i][None])
+                results[i] = (float(s[0]), r[0], float(lg[0]))
             except Exception as exc:  # noqa: BLE001
                 failures[i] = f"scoring failed: {type(exc).__name__}: {exc}"
         if not results:
             raise
         errors.update(failures)
-    bad = [i for i, (s, _) in results.items() if not np.isfinite(s)]
+    bad = [i for i, (s, _, _) in results.items() if not np.isfinite(s)]
     if bad and len(bad) == len(results):
         raise RuntimeError(f"the model produced no finite score for {len(bad)} sketches")
     for i in bad:
         del results[i]
         errors[i] = "scoring failed: the model produced a non-finite score"
     return results
+
+
+def _score_with_logits(scorer, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, reconstructions, log-odds); NaN log-odds (the store derives them) without ``score_result``."""
+    if hasattr(scorer, "score_result"):
+        result = scorer.score_result(batch)
+        return result.scores, result.reconstructions, result.logits
+    scores, recons = scorer.score_bitmaps(batch)
+    return scores, recons, np.full(len(scores), np.nan)
 
 
 def record_lost_delivery(ids: list[int]) -> list[int]:

@@ -1,3 +1,3 @@
 """Imports every API route module so they register on the blueprint."""
 
-from service.api import openapi, reviews, sketches, stats, timeseries  # noqa: F401
+from service.api import models, openapi, reviews, sketches, stats, timeseries  # noqa: F401

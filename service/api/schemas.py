@@ -210,6 +210,13 @@ class SketchOut(BaseModel):
     id: int
     status: Literal["queued", "scored", "failed"]
     score: float | None = Field(description="anomaly score, higher is more anomalous")
+    score_logit: float | None = Field(
+        description=(
+            "log(score / (1 - score)), computed from the model's sums in float64: the same order as score, "
+            "still distinct where scores round to 1 (sketches scored before it was stored: the log-odds of "
+            "their stored score, 17.33 for a score of 1)"
+        )
+    )
     flagged: bool | None = Field(description="score > threshold")
     threshold: float | None = Field(description="threshold in force when scored (or last re-flagged)")
     model_version: str | None
@@ -246,6 +253,7 @@ class HistogramBinsOut(BaseModel):
     counts: list[int]
     total: int = Field(description="scored sketches counted in the bins")
     scale: Literal["linear", "log"]
+    axis: Literal["score", "logit"] = Field(description="what was binned: the score or its log-odds")
     log_counts: list[float] | None = Field(None, description="log10(1 + count) per bin; only with log=true")
 
 
@@ -269,11 +277,32 @@ class HistogramFiltersOut(BaseModel):
     client: str | None
 
 
+class CalibrationOut(BaseModel):
+    """The model's calibrated threshold and the share of cats it flags."""
+
+    method: Literal["split_conformal", "percentile"] = Field(
+        description="split_conformal: the ceil((n + 1)(1 - alpha))-th smallest of n held-out cat scores; "
+        "percentile: the model carries no calibration record, its suggested percentile threshold is used"
+    )
+    threshold: float = Field(description="the calibrated threshold on the score scale (flag when score > it)")
+    threshold_logit: float | None = Field(description="the same threshold as log-odds")
+    n: int = Field(description="held-out cats it was computed from")
+    rank: float = Field(description="the order statistic of the n scores it is")
+    nominal_false_flag_rate: float = Field(description="alpha: the share of cats it is meant to flag")
+    expected_false_flag_rate: float = Field(description="(n + 1 - rank) / (n + 1)")
+    interval: list[float] = Field(description="[low, high]: the false-flag rate's central interval, Beta(n + 1 - rank, rank)")
+    confidence: float = Field(description="the interval's level")
+
+
 class HistogramOut(BaseModel):
     """Answer of ``GET /stats/histogram``."""
 
     histogram: HistogramBinsOut
     threshold: float = Field(description="the flag threshold in force, shared by every client")
+    threshold_logit: float | None = Field(description="the threshold as log-odds, log(t / (1 - t)); null at 0 or 1")
+    calibration: CalibrationOut | None = Field(
+        description="the model's calibrated threshold with its nominal false-flag rate and interval (null: unknown)"
+    )
     counts: CountsOut
     filters: HistogramFiltersOut
 

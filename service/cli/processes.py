@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from service.cli.common import db_session, load_settings
-from service.stack import alerts_worker_argv, serve_argv, worker_argv
+from service.stack import alerts_worker_argv, serve_argv, training_worker_argv, worker_argv
 from service.stack.commands import ALERTS_THREADS
 
 SECRET_KEY_FILE = "secret_key"
@@ -44,13 +44,23 @@ def serve(host: str, port: int, workers: int, threads: int, granian_args: tuple[
     "--alerts", is_flag=True,
     help="Run the alerts worker instead (alert rules, webhooks, the hourly rollup; no model): run one beside the scoring workers.",
 )  # fmt: skip
+@click.option(
+    "--training", is_flag=True,
+    help="Run the training worker instead (training from reviews, one at a time; no scoring model): run one.",
+)  # fmt: skip
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(concurrency: int | None, beat: bool, alerts: bool, celery_args: tuple[str, ...]) -> None:
-    """Run the Celery scoring worker, or with --alerts the alerts worker (extra arguments go to celery worker)."""
+def worker(concurrency: int | None, beat: bool, alerts: bool, training: bool, celery_args: tuple[str, ...]) -> None:
+    """Run the Celery scoring worker, or the alerts or training worker (extra arguments go to celery worker)."""
     settings = load_settings()
+    if alerts and training:
+        raise click.UsageError("--alerts and --training start different workers: choose one")
+    if training and (beat or concurrency):
+        raise click.UsageError("the training worker runs one training at a time, without beat: drop --beat/--concurrency")
     if beat:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if alerts:
+    if training:
+        argv = training_worker_argv(settings.log_level, celery_args)
+    elif alerts:
         argv = alerts_worker_argv(settings.log_level, beat, settings.data_dir, celery_args, threads=concurrency or ALERTS_THREADS)
     else:
         argv = worker_argv(concurrency, beat, settings.log_level, settings.data_dir, celery_args)
@@ -113,7 +123,7 @@ def _print_credentials(credentials: tuple[str, str, str] | None) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 64), help="Scoring processes.")
 def up(host: str, port: int, concurrency: int) -> None:
-    """Zero-setup mode: SQLite + a file broker in the data directory, web + worker + beat + alerts; Ctrl-C stops all."""
+    """Zero-setup mode: SQLite + a file broker in the data dir, web + worker + beat + alerts + training; Ctrl-C stops all."""
     from service.core.accounts import first_run_credentials
     from service.core.migrate import upgrade
     from service.runner import Supervisor
@@ -136,6 +146,7 @@ def up(host: str, port: int, concurrency: int) -> None:
     supervisor.start("web", serve_argv(host, port, workers=1, threads=4), env)
     supervisor.start("worker", worker_argv(concurrency, True, settings.log_level, data_dir), env)
     supervisor.start("alerts", alerts_worker_argv(settings.log_level), env)
+    supervisor.start("training", training_worker_argv(settings.log_level), env)
     if supervisor.wait_http(url + "healthz", timeout_s=READY_TIMEOUT_S):
         click.echo(f"SketchWatch is running at {url}  (Ctrl-C to stop)")
         sys.stdout.flush()

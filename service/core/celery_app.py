@@ -14,7 +14,13 @@ from service.core.settings import Settings
 
 SCORE_TASK = "sketchwatch.score_sketches"
 SWEEP_TASK = "sketchwatch.sweep_queued"
+# Re-scores stored sketches with the newly active model, one batch per task (service.core.registry).
+RESCORE_TASK = "sketchwatch.rescore_sketches"
 QUEUE = "sketchwatch"
+# Training from reviews runs on a queue of its own, consumed only by the training worker (``sketchwatch worker
+# --training``): a training takes minutes of CPU, and no scoring task may wait behind it.
+TRAIN_TASK = "sketchwatch.train_from_reviews"
+TRAINING_QUEUE = "training"
 # Alerts run on a queue of their own, consumed by the alerts worker (``sketchwatch worker --alerts``): a slow
 # or hanging webhook receiver then never holds a scoring process.
 EVALUATE_ALERTS_TASK = "sketchwatch.evaluate_alerts"
@@ -22,7 +28,20 @@ DELIVER_WEBHOOK_TASK = "sketchwatch.deliver_webhook"
 REFRESH_ROLLUP_TASK = "sketchwatch.refresh_rollup"
 ALERTS_QUEUE = "sketchwatch.alerts"
 ROLLUP_INTERVAL_S = 60.0
-ALERTS_TASKS = (EVALUATE_ALERTS_TASK, DELIVER_WEBHOOK_TASK, REFRESH_ROLLUP_TASK)
+# Retention (service.core.retention) is database work without the model: it runs on the alerts worker too.
+RETENTION_TASK = "sketchwatch.apply_retention"
+# Computes the reconstructions not kept at scoring (flagged later, or asked for on a sketch's page): needs the model.
+RECONSTRUCT_TASK = "sketchwatch.reconstruct_sketches"
+# Partitions made ahead (hourly), and the score-bucket rollup folded with the pending re-flag advanced (every few
+# seconds): database work without the model, on the alerts worker (service.core.partitions, score_rollup).
+MAINTAIN_PARTITIONS_TASK = "sketchwatch.maintain_partitions"
+FOLD_SCORE_ROLLUP_TASK = "sketchwatch.fold_score_rollup"
+PARTITIONS_INTERVAL_S = 3600.0
+FOLD_INTERVAL_S = 10.0
+ALERTS_TASKS = (
+    EVALUATE_ALERTS_TASK, DELIVER_WEBHOOK_TASK, REFRESH_ROLLUP_TASK, RETENTION_TASK,
+    MAINTAIN_PARTITIONS_TASK, FOLD_SCORE_ROLLUP_TASK,
+)
 # Where a configured app keeps the Settings it was built from (read by the tasks at call time).
 SETTINGS_KEY = "sketchwatch_settings"
 
@@ -87,8 +106,23 @@ def celery_config(settings: Settings) -> dict:
                 "schedule": ROLLUP_INTERVAL_S,
                 "options": {"expires": ROLLUP_INTERVAL_S},
             },
+            "maintain-partitions": {
+                "task": MAINTAIN_PARTITIONS_TASK,
+                "schedule": PARTITIONS_INTERVAL_S,
+                "options": {"expires": PARTITIONS_INTERVAL_S},
+            },
+            "fold-score-rollup": {
+                "task": FOLD_SCORE_ROLLUP_TASK,
+                "schedule": FOLD_INTERVAL_S,
+                "options": {"expires": FOLD_INTERVAL_S},
+            },
+            "apply-retention": {
+                "task": RETENTION_TASK,
+                "schedule": settings.retention_interval_s,
+                "options": {"expires": settings.retention_interval_s},
+            },
         },
-        "task_routes": {name: {"queue": ALERTS_QUEUE} for name in ALERTS_TASKS},
+        "task_routes": {**{name: {"queue": ALERTS_QUEUE} for name in ALERTS_TASKS}, TRAIN_TASK: {"queue": TRAINING_QUEUE}},
         "timezone": "UTC",
     }
 

@@ -13,10 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 # Peak resident size of one scoring pool process with its model loaded, by scoring runtime, the largest
-# measured. LiteRT: 223-249 MB after 10^4 sketches (numba's LLVM and the imports are most of it). Keras, the
+# measured. LiteRT: 120-128 MB after 10^4 sketches (the imports are most of it; the stroke kernels are C). Keras, the
 # fallback for an artifact without model.tflite: 936 MB on a fresh install (CI, the "scoring process ready"
 # line), 769-809 MB on the development machine. Re-measure when the scoring runtime or its imports change.
-POOL_PROCESS_FOOTPRINT_MB = {"litert": 250, "keras": 940}
+POOL_PROCESS_FOOTPRINT_MB = {"litert": 130, "keras": 940}
 # The default memory cap leaves half the footprint again on top: installs differ by a fifth (library builds,
 # CPU kernels), a process grows with the batch shapes it has seen, and the worker reports a process that
 # starts above 90% of its cap.
@@ -42,6 +42,30 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 3600
     model_dir: str | None = None
     default_threshold: float | None = None
+    # Model registry (docs/models.md): where registered artifacts are copied (default <data_dir>/models), the
+    # http(s) URL other hosts read that folder at (a tar.gz per version is written then), where workers cache
+    # downloaded artifacts (default <data_dir>/model-cache), and how stale a worker's view of the active and
+    # shadow versions may be.
+    model_store: Path | None = None
+    model_store_url: str = ""
+    model_cache_dir: Path | None = None
+    model_poll_s: float = Field(default=2.0, ge=0, le=300)
+    # Stored sketches re-scored per task after a promote: small enough that live scoring tasks interleave.
+    rescore_batch: int = Field(default=500, ge=1, le=10_000)
+    # Training from reviews (docs/model.md, "Retraining from reviews"): the folder with the base training files
+    # named in the parent model's model.json (default: the shared Quick Draw folder beside the repository),
+    # the fewest usable staff-reviewed sketches that start a run, the epochs of a warm-started run, the seeded
+    # share of reviewed sketches held back for evaluation, how much more a reviewed non-cat weighs than a base
+    # one, the time budget, and the deliveries a run may take before a lost worker marks it failed.
+    training_data_dir: Path | None = None
+    training_min_reviews: int = Field(default=20, ge=1)
+    training_epochs: int = Field(default=12, ge=1, le=200)
+    training_holdback: float = Field(default=0.2, ge=0.0, lt=0.9)
+    training_review_weight: float = Field(default=40.0, ge=0.0, le=1000.0)
+    training_warm_start: bool = True
+    training_max_minutes: float = Field(default=4.0, gt=0, le=240)
+    training_max_attempts: int = Field(default=2, ge=1, le=10)
+    training_seed: int = 0
 
     max_content_length: int = 8 * 1024 * 1024
     max_batch: int = 1000
@@ -65,6 +89,21 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 30.0
     sweep_after_s: float = 120.0
     max_attempts: int = 5
+    # Partitions of sketches on PostgreSQL (service.core.partitions): days per partition, and how many
+    # partitions beyond the current one beat keeps made ahead of time.
+    partition_days: int = Field(default=7, ge=1, le=366)
+    partitions_ahead: int = Field(default=2, ge=1, le=52)
+    # Re-flagging after a threshold change: rows per transaction of the beat task that finishes what the
+    # change itself did not (service.core.sketches.reflag; the threshold page shows its progress).
+    reflag_batch: int = Field(default=20_000, ge=100, le=1_000_000)
+    # Retention (service.core.retention), in days, 0 keeping for ever; an admin's values on the dashboard
+    # replace these. Images: bitmaps and reconstructions of unflagged, unreviewed sketches. Sketches: whole
+    # unflagged, unreviewed sketches. Kept: flagged or reviewed sketches with their reviews (at least Sketches).
+    retention_images_days: int = Field(default=30, ge=0, le=36_500)
+    retention_sketches_days: int = Field(default=0, ge=0, le=36_500)
+    retention_kept_days: int = Field(default=0, ge=0, le=36_500)
+    # Beat applies the retention limits this often.
+    retention_interval_s: float = Field(default=3600.0, ge=60, le=7 * 86_400)
 
     # Monitoring and alerts (docs/monitoring.md). Beat evaluates every alert rule this often.
     alert_interval_s: float = Field(default=30.0, ge=1, le=3600)
@@ -122,6 +161,24 @@ class Settings(BaseSettings):
     def broker_dir(self) -> Path:
         """Folder of the serverless filesystem broker."""
         return self.data_dir / "broker"
+
+    @property
+    def training_data_path(self) -> Path:
+        """Folder of the base training files: as configured, else the shared Quick Draw folder."""
+        if self.training_data_dir is not None:
+            return self.training_data_dir
+        # The folder models.export.default_data_dir names, without importing the ML package here.
+        return Path(__file__).resolve().parents[3] / "shared" / "data" / "quickdraw"
+
+    @property
+    def model_store_dir(self) -> Path:
+        """Folder of the model store (registered artifacts, one folder per version)."""
+        return self.model_store or self.data_dir / "models"
+
+    @property
+    def model_cache_path(self) -> Path:
+        """Folder where workers unpack artifacts they downloaded by URL."""
+        return self.model_cache_dir or self.data_dir / "model-cache"
 
     @property
     def uses_redis(self) -> bool:

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from service.core import sketches
 from service.core.model_info import model_meta
-from service.core.schema import ThresholdChange
+from service.core.schema import MODEL_ACTIVE, ModelVersion, ThresholdChange
 
 FALLBACK_THRESHOLD = 0.5
 # Serialises "read threshold + write flags" between workers and a threshold change (PostgreSQL only;
@@ -42,10 +42,25 @@ def current_threshold(session: Session, settings) -> float:
 
 
 def apply_threshold(session: Session, settings, value: float, who: str, reason: str = "") -> ThresholdChange:
-    """Record a change and re-flag every stored score in SQL, without the model."""
+    """Record a change and re-flag the stored scores in SQL, without the model.
+
+    With a model registry, only the active version's sketches are re-flagged: the threshold is on its score
+    scale, and sketches another version scored keep the flags of that version's threshold.
+    """
+    lock_threshold(session, exclusive=True)
+    active = session.execute(
+        select(ModelVersion.version).where(ModelVersion.status == MODEL_ACTIVE).limit(1)
+    ).scalar_one_or_none()
+    return apply_model_threshold(session, settings, value, who, reason, active)
+
+
+def apply_model_threshold(
+    session: Session, settings, value: float, who: str, reason: str, model_version: str | None
+) -> ThresholdChange:
+    """Record a change and re-flag the sketches scored by ``model_version`` (None: every scored sketch)."""
     lock_threshold(session, exclusive=True)
     previous = current_threshold(session, settings)
     change = ThresholdChange(value=float(value), previous=previous, changed_by=who, reason=reason or "")
     session.add(change)
-    sketches.reflag(session, value)
+    sketches.reflag(session, value, model_version)
     return change

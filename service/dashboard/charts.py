@@ -39,6 +39,7 @@ class Chart:
     threshold: float | None = None
     threshold_x: float | None = None
     threshold_clamped: str | None = None
+    axis_title: str = "score"
 
     @property
     def plot_left(self) -> float:
@@ -91,8 +92,12 @@ def _linear_y_ticks(top: int) -> list[int]:
 
 
 def histogram_chart(hist: Histogram, threshold: float | None, log: bool = False, width: int = 760, height: int = 280) -> Chart:
-    """Lay out bars, axes and the threshold line for ``hist`` (log scale uses log10(1 + count))."""
-    chart = Chart(width=width, height=height, lo=hist.lo, hi=hist.hi, log=log)
+    """Lay out bars, axes and the threshold line for ``hist`` (log scale uses log10(1 + count)).
+
+    ``threshold`` is on the histogram's axis (a log-odds histogram takes the threshold's log-odds).
+    """
+    chart = Chart(width=width, height=height, lo=hist.lo, hi=hist.hi, log=log,
+                  axis_title="score log-odds" if hist.axis == "logit" else "score")
     left, right, top, bottom = chart.plot_left, chart.plot_right, chart.plot_top, chart.plot_bottom
     span = hist.hi - hist.lo
 

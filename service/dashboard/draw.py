@@ -57,7 +57,8 @@ def submit_drawing():
 def draw_status(sketch_id: int):
     """JSON status of a sketch; score, flag and image URLs once the worker has scored it."""
     row = db.session.execute(
-        select(Sketch.id, Sketch.status, Sketch.score, Sketch.flagged, Sketch.threshold, Sketch.model_version, Sketch.error)
+        select(Sketch.id, Sketch.status, Sketch.score, Sketch.score_logit, Sketch.flagged, Sketch.threshold,
+               Sketch.model_version, Sketch.error)
         .where(Sketch.id == sketch_id)
     ).first()
     if row is None:
@@ -66,6 +67,7 @@ def draw_status(sketch_id: int):
     if row.status == STATUS_SCORED:
         out.update(
             score=row.score,
+            score_logit=row.score_logit,
             flagged=bool(row.flagged),
             threshold=row.threshold,
             model_version=row.model_version,

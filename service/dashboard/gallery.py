@@ -59,19 +59,23 @@ def image(sketch_id: int, kind: str):
     except (ParamError, ValueError) as exc:
         abort(400, description=str(exc))
     row = db.session.execute(
-        select(Sketch.input_bitmap, Sketch.reconstruction).where(Sketch.id == sketch_id)
+        select(Sketch.input_bitmap, Sketch.reconstruction, Sketch.drawing).where(Sketch.id == sketch_id)
     ).first()
     if row is None:
         abort(404, description=f"sketch {sketch_id} does not exist")
-    needs_recon = kind != "input"
-    if row.input_bitmap is None or (needs_recon and row.reconstruction is None):
-        abort(404, description="this image is not available yet")
-    tag = images.etag(kind, scale, row.input_bitmap, row.reconstruction if needs_recon else None)
+    # A pair without its reconstruction still shows the drawing (over a grey square): gallery cards of
+    # sketches flagged after scoring, until a worker has computed it.
+    needs_recon = kind in ("reconstruction", "diff")
+    recon = row.reconstruction
+    inp = images.input_of(row.input_bitmap, row.drawing)
+    if inp is None or (needs_recon and recon is None):
+        abort(404, description="this image is not available: not scored yet, or not kept")
+    tag = images.etag(kind, scale, inp, recon if kind != "input" else None)
     if tag in request.if_none_match:
         resp = make_response("", 304)
     else:
         try:
-            png = images.render(kind, row.input_bitmap, row.reconstruction, scale)
+            png = images.render(kind, inp, recon, scale)
         except images.BitmapError as exc:
             abort(404, description=str(exc))
         resp = make_response(png)
@@ -79,3 +83,21 @@ def image(sketch_id: int, kind: str):
     resp.set_etag(tag)
     resp.headers["Cache-Control"] = IMAGE_CACHE
     return resp
+
+
+@bp.post("/sketches/<int:sketch_id>/reconstruct")
+def reconstruct(sketch_id: int):
+    """Have a worker compute the reconstruction not kept at scoring (the model that scored it)."""
+    from flask import flash, redirect, url_for
+
+    from service.core.celery_app import RECONSTRUCT_TASK
+
+    if db.session.get(Sketch, sketch_id) is None:
+        abort(404, description=f"sketch {sketch_id} does not exist")
+    try:
+        current_app.extensions["celery"].send_task(RECONSTRUCT_TASK, args=[[sketch_id]])
+    except Exception as exc:  # noqa: BLE001 - broker errors come in many types
+        flash(f"Could not reach the workers ({type(exc).__name__}); try again later.", "error")
+    else:
+        flash("A worker is computing the reconstruction; reload the page in a moment.", "success")
+    return redirect(url_for("dashboard.detail", sketch_id=sketch_id))

@@ -12,10 +12,11 @@ from sqlalchemy.orm import Session
 from service.core.schema import VERDICT_ANOMALY, VERDICT_CAT, Review, Sketch
 
 STATES = ("all", "unreviewed", "anomaly", "cat")
-# Each sort as (column, descending) pairs, ending in the id so that every row has one place.
+# Each sort as (column, descending) pairs, ending in the id so that every row has one place. Score orders
+# follow the log-odds: the same order as the score, without its ties where scores round to 1.
 SORT_KEYS = {
-    "score": ((Sketch.score, True), (Sketch.id, True)),
-    "score_asc": ((Sketch.score, False), (Sketch.id, False)),
+    "score": ((Sketch.score_logit, True), (Sketch.id, True)),
+    "score_asc": ((Sketch.score_logit, False), (Sketch.id, False)),
     "time": ((Sketch.submitted_at, True), (Sketch.id, True)),
     "time_asc": ((Sketch.submitted_at, False), (Sketch.id, False)),
 }
@@ -32,6 +33,7 @@ CARD_COLUMNS = (
     Sketch.client_ref,
     Sketch.submitted_at,
     Sketch.score,
+    Sketch.score_logit,
     Sketch.threshold,
     Sketch.model_version,
     Sketch.verdict,
@@ -130,6 +132,7 @@ def export_select(*where) -> Select:
         Sketch.submitted_at,
         Sketch.scored_at,
         Sketch.score,
+        Sketch.score_logit,
         Sketch.threshold,
         Sketch.flagged,
         Sketch.model_version,

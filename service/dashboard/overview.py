@@ -15,7 +15,7 @@ from service.core.thresholds import current_threshold
 from service.dashboard import bp
 from service.dashboard.charts import histogram_chart, rate_chart, volume_chart
 from service.extensions import app_settings, db
-from service.params import RANGES, ParamError, parse_bins, parse_bool, parse_filter
+from service.params import RANGES, ParamError, parse_axis, parse_bins, parse_bool, parse_filter
 
 # With no bucket asked for, the window's length picks one that gives a readable number of points.
 AUTO_MINUTES_UP_TO = timedelta(hours=6)
@@ -53,10 +53,11 @@ def overview():
         flt = parse_filter(request.args)
         bins = parse_bins(request.args)
         log = parse_bool(request.args, "log")
+        axis = parse_axis(request.args)
         flt = replace(flt, client=parse_client(request.args))
     except ParamError as exc:
         error = exc
-        flt, bins, log = stats.StatsFilter(), stats.DEFAULT_BINS, False
+        flt, bins, log, axis = stats.StatsFilter(), stats.DEFAULT_BINS, False, "score"
     bucket = (request.args.get("bucket") or "").strip() or auto_bucket(flt)
     try:
         series = monitoring.timeseries(session, bucket, flt.since, flt.until, flt.client)
@@ -64,9 +65,9 @@ def overview():
         error = error or exc
         bucket = auto_bucket(flt)
         series = monitoring.timeseries(session, bucket, flt.since, flt.until, flt.client)
-    hist, counts = stats.overview(session, flt, bins)
+    hist, counts = stats.overview(session, flt, bins, axis)
     threshold = current_threshold(session, _settings())
-    chart = histogram_chart(hist, threshold, log=log)
+    chart = histogram_chart(hist, stats.logit(threshold) if axis == "logit" else threshold, log=log)
     page = render_template(
         "dashboard/overview.html",
         chart=chart,
@@ -76,6 +77,7 @@ def overview():
         flt=flt,
         bins=bins,
         log=log,
+        axis=axis,
         versions=stats.model_versions(session),
         clients=sorted(monitoring.clients_last_seen(session)),
         ranges=list(RANGES),

@@ -52,13 +52,16 @@ def heatmap(sketch_id: int):
         scale = images.check_scale(parse_int(request.args, "s", 4, images.MIN_SCALE, images.MAX_SCALE))
     except (ParamError, ValueError) as exc:
         abort(400, description=str(exc))
-    row = db.session.execute(select(Sketch.input_bitmap, Sketch.reconstruction).where(Sketch.id == sketch_id)).first()
+    row = db.session.execute(
+        select(Sketch.input_bitmap, Sketch.reconstruction, Sketch.drawing).where(Sketch.id == sketch_id)
+    ).first()
     if row is None:
         abort(404, description=f"There is no sketch {sketch_id}.")
-    if row.input_bitmap is None or row.reconstruction is None:
-        abort(404, description="This sketch has not been scored yet.")
-    tag = explain.etag("heat", repr(t), scale, bytes(row.input_bitmap), bytes(row.reconstruction))
+    inp = images.input_of(row.input_bitmap, row.drawing)
+    if inp is None or row.reconstruction is None:
+        abort(404, description="This sketch has no reconstruction: not scored yet, or not kept.")
+    tag = explain.etag("heat", repr(t), scale, inp, bytes(row.reconstruction))
     try:
-        return _cached(tag, lambda: explain.heatmap_png(row.input_bitmap, row.reconstruction, t, scale), "image/png")
+        return _cached(tag, lambda: explain.heatmap_png(inp, row.reconstruction, t, scale), "image/png")
     except images.BitmapError as exc:
         abort(404, description=str(exc))

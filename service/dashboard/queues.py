@@ -22,7 +22,7 @@ from service.dashboard.listing import SORT_KEYS, STATES, state_clause
 from service.params import RANGES, ParamError, parse_time
 from service.search import STATUSES, VERDICTS, SketchSearch
 
-# The sketches page's orders; a score order lists the unscored sketches after the scored ones.
+# The sketches page's orders; a score order (by the log-odds) lists the unscored sketches after the scored ones.
 LIST_SORTS = {
     "new": "newest first",
     "old": "oldest first",
@@ -45,7 +45,18 @@ def _select(*where, join_audit: int | None = None):
 
 def flagged_list(state: str = "all", sort: str = "score") -> OrderedList:
     """The flagged gallery in a review state and sort."""
-    return OrderedList(_select(Sketch.flagged == true(), state_clause(state)), [Segment((), SORT_KEYS[sort])])
+    base = _select(Sketch.flagged == true(), state_clause(state))
+    if sort not in ("score", "score_asc"):
+        return OrderedList(base, [Segment((), SORT_KEYS[sort])])
+    return OrderedList(base, _score_segments(sort == "score"))
+
+
+def _score_segments(desc: bool) -> list[Segment]:
+    """Scored sketches by (log-odds, id), then any without log-odds by id: no NULL ever sits in a key."""
+    return [
+        Segment((Sketch.score_logit.is_not(None),), ((Sketch.score_logit, desc), (Sketch.id, desc))),
+        Segment((Sketch.score_logit.is_(None),), ((Sketch.id, desc),)),
+    ]
 
 
 def sketches_list(search: SketchSearch, sort: str = "new") -> OrderedList:
@@ -53,14 +64,7 @@ def sketches_list(search: SketchSearch, sort: str = "new") -> OrderedList:
     base = _select(*search.clauses())
     if sort in ("new", "old"):
         return OrderedList(base, [Segment((), ((Sketch.id, sort == "new"),))])
-    desc = sort == "score"
-    return OrderedList(
-        base,
-        [
-            Segment((Sketch.score.is_not(None),), ((Sketch.score, desc), (Sketch.id, desc))),
-            Segment((Sketch.score.is_(None),), ((Sketch.id, desc),)),
-        ],
-    )
+    return OrderedList(base, _score_segments(sort == "score"))
 
 
 def audit_list(r: AuditRound) -> OrderedList:

@@ -29,7 +29,7 @@ from service.reviews import (
 )
 
 EXPORT_COLUMNS = (
-    "id", "client", "client_ref", "submitted_at", "scored_at", "score", "threshold",
+    "id", "client", "client_ref", "submitted_at", "scored_at", "score", "score_logit", "threshold",
     "flagged", "model_version", "verdict", "reviewer", "reviewed_at", "status", "metadata",
 )
 EXPORT_BATCH = 1000

@@ -85,7 +85,7 @@ def sketches_csv():
     order = {
         "new": (Sketch.id.desc(),),
         "old": (Sketch.id.asc(),),
-        "score": (Sketch.score.desc().nulls_last(), Sketch.id.desc()),
-        "score_asc": (Sketch.score.asc().nulls_last(), Sketch.id.asc()),
+        "score": (Sketch.score_logit.desc().nulls_last(), Sketch.id.desc()),
+        "score_asc": (Sketch.score_logit.asc().nulls_last(), Sketch.id.asc()),
     }[sort]
     return csv_response(export_select(*search.clauses()).order_by(*order), f"sketchwatch-sketches-{sort}.csv")

@@ -18,9 +18,10 @@ from service import audit, quality, stats
 from service.auth.access import has_role, role_required
 from service.dashboard import bp
 from service.dashboard.charts import histogram_chart
-from service.params import ParamError, parse_threshold
+from service.params import ParamError, parse_threshold, parse_threshold_logit
 from service.extensions import db
-from service.core.model_info import model_meta
+from service.core import sketches
+from service.core.model_info import calibration, model_meta
 from service.core.schema import ROLE_ADMIN, Sketch, ThresholdChange
 from service.core.thresholds import apply_threshold, current_threshold
 
@@ -30,9 +31,13 @@ CONFIRMED = "yes"
 
 
 def _threshold_value(form: "ThresholdForm", field) -> None:
-    # A text field parsed here: one message whatever is wrong, and the box keeps what was typed.
+    # A text field parsed here: one message whatever is wrong, and the box keeps what was typed. An empty box
+    # with the log-odds box filled takes the threshold those log-odds stand for.
     try:
-        form.number = parse_threshold(field.data, form.bounds)
+        if not (field.data or "").strip() and (form.value_logit.data or "").strip():
+            form.number = parse_threshold_logit(form.value_logit.data, form.bounds)
+        else:
+            form.number = parse_threshold(field.data, form.bounds)
     except ParamError as exc:
         raise StopValidation(exc.message) from None
 
@@ -41,6 +46,7 @@ class ThresholdForm(FlaskForm):
     """A new threshold, why, and whether the admin confirmed it."""
 
     value = StringField("New threshold", validators=[_threshold_value])
+    value_logit = StringField("or as log-odds")
     reason = StringField("Reason", validators=[DataRequired(), Length(max=500)])
     confirm = HiddenField()
 
@@ -79,6 +85,8 @@ def _page(form: ThresholdForm, status: int = 200, confirm: stats.FlagChanges | N
         bounds=form.bounds,
         confirm=confirm,
         percentiles=percentiles,
+        # The model's calibrated threshold with the interval of the share of cats it flags (scipy, loaded lazily).
+        calibration=stats.calibration_view(calibration(_settings().model_dir)),
         # Suggestions and precision/recall rest on the audit sample's weighted reviews (service.quality).
         estimate=quality.estimate(session, audit_round, shown),
         chip_estimates={v: quality.estimate(session, audit_round, v) for _p, v in percentiles},
@@ -92,7 +100,17 @@ def _page(form: ThresholdForm, status: int = 200, confirm: stats.FlagChanges | N
         history=history,
         changes=changes,
         can_apply=has_role(current_user, ROLE_ADMIN),
+        reflag=reflag_progress(session),
     ), status
+
+
+def reflag_progress(session) -> dict | None:
+    """The re-flag a large threshold change left to beat, with the rows still to change (None when none runs)."""
+    progress = sketches.reflag_progress(session)
+    if progress is None or not progress["running"]:
+        return None
+    progress["remaining"] = stats.flag_changes(session, progress["threshold"]).total
+    return progress
 
 
 @bp.get("/threshold")
@@ -108,16 +126,22 @@ def threshold_preview():
     """JSON: what threshold ``t`` would flag, how many flags change, precision/recall, percentile position.
 
     A value an admin could not apply (outside the score's range, not a number) is a 400 with the message
-    the apply form would show.
+    the apply form would show. Without ``t``, ``logit`` gives the threshold as log-odds.
     """
     try:
-        t = parse_threshold(request.args.get("t"), stats.threshold_bounds(db.session), "t")
+        bounds = stats.threshold_bounds(db.session)
+        if request.args.get("t") is None and request.args.get("logit") is not None:
+            t = parse_threshold_logit(request.args.get("logit"), bounds, "logit")
+        else:
+            t = parse_threshold(request.args.get("t"), bounds, "t")
     except ParamError as exc:
         resp = jsonify(error={"field": exc.field, "message": exc.message})
         resp.status_code = 400
         return resp
     body = stats.preview(db.session, t, _percentiles()).to_dict()
+    body["threshold_logit"] = stats.logit(t)
     body["changes"] = stats.flag_changes(db.session, t).to_dict()
+    body["reflag"] = reflag_progress(db.session)
     est = quality.estimate(db.session, audit.current_round(db.session), t)
     body["estimate"] = est.to_dict() if est is not None else None
     return jsonify(body)

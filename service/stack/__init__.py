@@ -11,7 +11,7 @@ so nothing outlives the stack. ``sketchwatch up`` supervises its processes with 
 One module per concern, all importable from here:
 
 - ``commands``: the command lines of the processes (``serve_argv``, ``worker_argv``, ``alerts_worker_argv``,
-  ``beat_argv``), which
+  ``training_worker_argv``, ``beat_argv``), which
   the CLI uses too;
 - ``processes``: starting a child in its own process group, waiting for it, signalling and stopping it;
 - ``services``: a throwaway PostgreSQL database, a Redis DB index, a private ``redis-server``;
@@ -28,6 +28,7 @@ from service.stack.commands import (
     alerts_worker_argv,
     beat_argv,
     serve_argv,
+    training_worker_argv,
     worker_argv,
 )
 from service.stack.harness import (
@@ -64,6 +65,6 @@ __all__ = [
     "CELERY_APP", "GRACEFUL_TIMEOUT_S", "PG_ADMIN_URL", "READY_LINE", "ROOT", "STOP_TIMEOUT_S", "WEB_READY_TIMEOUT_S",
     "WORKER_READY_TIMEOUT_S", "WSGI_TARGET", "RedisServer", "Stack", "StackConfig", "StackError", "alerts_worker_argv", "beat_argv",
     "create_pg_database", "drop_pg_database", "flush_redis", "free_port", "kill_group", "pg_admin", "serve_argv",
-    "signal_quietly", "spawn", "stop_processes", "terminate_pg_connections", "wait_for", "wait_group_gone",
+    "signal_quietly", "spawn", "stop_processes", "terminate_pg_connections", "training_worker_argv", "wait_for", "wait_group_gone",
     "wait_http", "worker_argv",
 ]  # fmt: skip

@@ -77,6 +77,24 @@ def alerts_worker_argv(
     return argv + list(extra)
 
 
+# The training worker runs one training at a time, in a thread: no pool process loads the scoring model for it.
+TRAINING_THREADS = 1
+
+
+def training_worker_argv(loglevel: str, extra: Sequence[str] = ()) -> list[str]:
+    """The training worker's command line: the training queue only, one thread (``sketchwatch worker --training``)."""
+    from service.core.celery_app import TRAINING_QUEUE
+
+    argv = [
+        sys.executable, "-m", "celery", "-A", CELERY_APP, "worker",
+        "-Q", TRAINING_QUEUE, "--pool", "threads", "--concurrency", str(TRAINING_THREADS), "--loglevel", loglevel,
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    if "-n" not in extra and "--hostname" not in extra:
+        argv += ["-n", "training@%h"]
+    return argv + list(extra)
+
+
 def beat_argv(loglevel: str, schedule: Path) -> list[str]:
     """The command line of Celery beat on its own (the sweeper's scheduler, outside any worker)."""
     return [sys.executable, "-m", "celery", "-A", CELERY_APP, "beat", "--loglevel", loglevel, "--schedule", str(schedule)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from service.stack.commands import alerts_worker_argv, beat_argv, serve_argv, worker_argv
+from service.stack.commands import alerts_worker_argv, beat_argv, serve_argv, training_worker_argv, worker_argv
 from service.stack.processes import STOP_TIMEOUT_S, free_port, kill_group, spawn, stop_processes, wait_http
 from service.stack.services import PG_ADMIN_URL, create_pg_database, drop_pg_database, flush_redis
 
@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 READY_LINE = "scoring process ready"
 # Logged by the alerts worker once it consumes its queue.
 ALERTS_READY_LINE = "alerts worker ready"
+# Logged by the training worker once it consumes its queue (worker/training.py).
+TRAINING_READY_LINE = "training worker ready"
 WEB_READY_TIMEOUT_S = 60.0
 # A pool process imports TensorFlow and loads the model before it takes work: slow on a loaded 2-core box.
 WORKER_READY_TIMEOUT_S = 240.0
@@ -50,6 +52,8 @@ class StackConfig:
     beat: str | None = "embedded"
     # Also run the alerts worker (alert evaluation, webhooks, the hourly rollup: `sketchwatch worker --alerts`).
     alerts: bool = False
+    # Also run the training worker (training from reviews: `sketchwatch worker --training`).
+    training: bool = False
     log_level: str = "INFO"
     # The model to serve: SKETCHWATCH_MODEL_DIR as for the service itself, else the shipped one.
     model_dir: str | None = field(default_factory=lambda: os.environ.get("SKETCHWATCH_MODEL_DIR") or None)
@@ -149,6 +153,8 @@ class Stack:
             self.start_beat()
         if self.config.alerts:
             self.start_alerts()
+        if self.config.training:
+            self.start_training()
         return self
 
     def close(self) -> None:
@@ -276,6 +282,24 @@ class Stack:
         proc = self.spawn(name, alerts_worker_argv(proc_env["SKETCHWATCH_LOG_LEVEL"], extra=extra), proc_env)
         deadline = time.monotonic() + WEB_READY_TIMEOUT_S
         while wait and ALERTS_READY_LINE not in self.log(name):
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with {proc.returncode}\n{self.tail(name)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not ready within {WEB_READY_TIMEOUT_S:.0f} s\n{self.tail(name)}")
+            time.sleep(0.25)
+        return proc
+
+    def start_training(self, env: Mapping[str, str] | None = None, wait: bool = True,
+                       name: str = "training") -> subprocess.Popen:
+        """Start the command line of ``sketchwatch worker --training``; with ``wait``, block until it consumes."""
+        if name in self.procs and self.procs[name].poll() is None:
+            raise RuntimeError(f"{name} is already running; stop or kill it first")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        proc_env = self.environment(env)
+        extra = ("-n", f"{name}-{secrets.token_hex(3)}@%h")
+        proc = self.spawn(name, training_worker_argv(proc_env["SKETCHWATCH_LOG_LEVEL"], extra=extra), proc_env)
+        deadline = time.monotonic() + WEB_READY_TIMEOUT_S
+        while wait and TRAINING_READY_LINE not in self.log(name):
             if proc.poll() is not None:
                 raise StackError(f"{name} exited with {proc.returncode}\n{self.tail(name)}")
             if time.monotonic() > deadline:

@@ -6,6 +6,7 @@ The tests share one live stack and run in file order (the threshold test changes
 
 from __future__ import annotations
 
+import math
 import re
 
 from playwright.sync_api import expect
@@ -65,8 +66,12 @@ def test_threshold_preview_and_apply_change_flags_and_gallery(page, live, screen
     x_before = float(line.get_attribute("x"))
     old_t = float(page.locator('[data-testid="current-threshold"]').inner_text())
 
+    # Typed as log-odds, the threshold box follows (issue 15); then the plain value, which the log-odds follow.
+    page.locator('[data-testid="threshold-logit-input"]').fill("0")
+    expect(page.locator('[data-testid="threshold-input"]')).to_have_value("0.5")
     page.locator('[data-testid="threshold-input"]').fill(str(new_t))
     expect(page.locator('[data-testid="preview-count"]')).to_have_text(f"{expected:,}")
+    expect(page.locator('[data-testid="threshold-logit-input"]')).to_have_value(f"{math.log(new_t / (1 - new_t)):.4f}")
     x_after = float(line.get_attribute("x"))
     # The line follows the typed value: left for a lower threshold, right for a higher one.
     assert (x_after < x_before) if new_t < old_t else (x_after > x_before)

@@ -243,8 +243,10 @@ def test_cards_explain_the_score(page, live, screenshot):
     # The strokes are the stored vector drawing, not a blown-up 28x28 bitmap.
     svg = page.request.get(card.locator('[data-testid="card-strokes"]').get_attribute("src"))
     assert svg.headers["content-type"].startswith("image/svg+xml")
-    drawing = scalar(live, "SELECT drawing::text FROM sketches WHERE id = :id", id=sketch_id)
-    assert svg.text().count("<polyline") == drawing.count("]],") + 1
+    from service.core.packing import unpack_drawing
+
+    drawing = unpack_drawing(scalar(live, "SELECT drawing FROM sketches WHERE id = :id", id=sketch_id))
+    assert svg.text().count("<polyline") == len(drawing)
     # The heatmap is never blank where the drawing has ink: a refused drawing shows red, not nothing.
     heat = card.locator('[data-testid="card-heatmap"]')
     coloured = page.evaluate(

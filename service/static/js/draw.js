@@ -100,7 +100,8 @@
       flag.setAttribute("data-testid", "draw-flag");
       flag.className = s.flagged ? "flag-yes" : "flag-no";
       flag.textContent = s.flagged ? " flagged as anomalous" : " looks like a cat";
-      p.append("Score ", score, flag, " (threshold " + Number(s.threshold).toPrecision(4) + ")");
+      var odds = s.score_logit === null || s.score_logit === undefined ? "" : ", log-odds " + Number(s.score_logit).toFixed(2);
+      p.append("Score ", score, flag, " (threshold " + Number(s.threshold).toPrecision(4) + odds + ")");
       result.appendChild(p);
       var figs = document.createElement("p");
       figs.append(img(s.input_url, "your drawing, 28x28"), img(s.reconstruction_url, "reconstruction"), img(s.diff_url, "difference"));

@@ -10,6 +10,7 @@
     var form = document.getElementById("threshold-form");
     if (!form) { return; }
     var input = document.getElementById("threshold-input");
+    var logitInput = document.getElementById("threshold-logit-input");
     var slider = document.getElementById("threshold-slider");
     var error = document.getElementById("threshold-error");
     var previewUrl = form.getAttribute("data-preview-url");
@@ -46,6 +47,12 @@
         var x0 = parseFloat(bar.getAttribute("x"));
         bar.classList.toggle("bar-over", x0 >= x);
       });
+    }
+
+    /* The threshold's log-odds box follows the threshold (blank at 0 and 1, where there are none). */
+    function syncLogit(t) {
+      if (!logitInput) { return; }
+      logitInput.value = isFinite(t) && t > 0 && t < 1 ? Math.log(t / (1 - t)).toFixed(4) : "";
     }
 
     /* The typed value as a number, or NaN; unlike parseFloat, "0.3abc" and "" are not numbers. */
@@ -121,16 +128,31 @@
     input.addEventListener("input", function () {
       var t = typed();
       if (isFinite(t)) { slider.value = t; }
+      syncLogit(t);
       schedule();
     });
     slider.addEventListener("input", function () {
       input.value = slider.value;
+      syncLogit(Number(slider.value));
       schedule();
     });
+    if (logitInput) {
+      /* Log-odds typed: the threshold box gets the threshold they stand for (what is submitted and previewed). */
+      logitInput.addEventListener("input", function () {
+        var text = logitInput.value.trim();
+        var l = text === "" ? NaN : Number(text);
+        if (!isFinite(l)) { return; }
+        var t = 1 / (1 + Math.exp(-l));
+        input.value = String(t);
+        slider.value = t;
+        schedule();
+      });
+    }
     form.querySelectorAll("[data-suggest]").forEach(function (btn) {
       btn.addEventListener("click", function () {
         input.value = btn.getAttribute("data-suggest");
         slider.value = input.value;
+        syncLogit(typed());
         refresh();
       });
     });
