@@ -276,30 +276,24 @@ class Stack:
 
     def start_alerts(self, wait: bool = True, name: str = "alerts") -> subprocess.Popen:
         """Start the command line of ``sketchwatch worker --alerts``; with ``wait``, block until it consumes."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        proc_env = self.environment()
-        extra = ("-n", f"{name}-{secrets.token_hex(3)}@%h")
-        proc = self.spawn(name, alerts_worker_argv(proc_env["SKETCHWATCH_LOG_LEVEL"], extra=extra), proc_env)
-        deadline = time.monotonic() + WEB_READY_TIMEOUT_S
-        while wait and ALERTS_READY_LINE not in self.log(name):
-            if proc.poll() is not None:
-                raise StackError(f"{name} exited with {proc.returncode}\n{self.tail(name)}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} not ready within {WEB_READY_TIMEOUT_S:.0f} s\n{self.tail(name)}")
-            time.sleep(0.25)
-        return proc
+        return self._start_consumer(name, alerts_worker_argv, ALERTS_READY_LINE, None, wait)
 
     def start_training(self, env: Mapping[str, str] | None = None, wait: bool = True,
                        name: str = "training") -> subprocess.Popen:
         """Start the command line of ``sketchwatch worker --training``; with ``wait``, block until it consumes."""
         if name in self.procs and self.procs[name].poll() is None:
             raise RuntimeError(f"{name} is already running; stop or kill it first")
+        return self._start_consumer(name, training_worker_argv, TRAINING_READY_LINE, env, wait)
+
+    def _start_consumer(self, name: str, argv_of, ready_line: str, env: Mapping[str, str] | None,
+                        wait: bool) -> subprocess.Popen:
+        """Spawn a one-queue worker from ``argv_of(log_level, extra=...)``; with ``wait``, block until ``ready_line``."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         proc_env = self.environment(env)
         extra = ("-n", f"{name}-{secrets.token_hex(3)}@%h")
-        proc = self.spawn(name, training_worker_argv(proc_env["SKETCHWATCH_LOG_LEVEL"], extra=extra), proc_env)
+        proc = self.spawn(name, argv_of(proc_env["SKETCHWATCH_LOG_LEVEL"], extra=extra), proc_env)
         deadline = time.monotonic() + WEB_READY_TIMEOUT_S
-        while wait and TRAINING_READY_LINE not in self.log(name):
+        while wait and ready_line not in self.log(name):
             if proc.poll() is not None:
                 raise StackError(f"{name} exited with {proc.returncode}\n{self.tail(name)}")
             if time.monotonic() > deadline:
