@@ -74,21 +74,25 @@ def fresh_pg_database(migrate: bool = True) -> Iterator[str]:
 
 
 @contextmanager
-def migrated_engine(backend: str, sqlite_dir: Path) -> Iterator:
-    """An engine on a migrated database for the block: a SQLite file in ``sqlite_dir``, or a fresh PostgreSQL one."""
-    from service.core.db import make_engine
+def migrated_url(backend: str, sqlite_dir: Path) -> Iterator[str]:
+    """The URL of a migrated database for the block: a SQLite file in ``sqlite_dir``, or a fresh PostgreSQL one."""
     from service.core.migrate import upgrade
 
     if backend == "sqlite":
         url = f"sqlite:///{sqlite_dir / 'test.db'}"
         upgrade(url)
-        eng = make_engine(url)
-        try:
-            yield eng
-        finally:
-            eng.dispose()
+        yield url
         return
     with fresh_pg_database() as url:
+        yield url
+
+
+@contextmanager
+def migrated_engine(backend: str, sqlite_dir: Path) -> Iterator:
+    """An engine on a migrated database for the block: a SQLite file in ``sqlite_dir``, or a fresh PostgreSQL one."""
+    from service.core.db import make_engine
+
+    with migrated_url(backend, sqlite_dir) as url:
         eng = make_engine(url)
         try:
             yield eng

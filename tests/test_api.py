@@ -25,11 +25,10 @@ from sqlalchemy import func, select, update
 from service.app import create_app
 from service.core.db import make_engine
 from service.extensions import db
-from service.core.migrate import upgrade
 from service.queue import flush
 from service.core.schema import ApiKey, Sketch, utcnow
 from service.core.security import hash_api_key, new_api_key
-from stack_fixtures import fresh_pg_database
+from stack_fixtures import migrated_url
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/quickdraw"
 needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data folder {SHARED} is absent")
@@ -43,13 +42,7 @@ SQUARE = [[[0, 255, 255, 0, 0], [0, 0, 255, 255, 0]]]
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def database_url(request, tmp_path_factory):
     """A migrated database: a temp SQLite file, or a fresh PostgreSQL database dropped afterwards."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('api-db') / 'api.db'}"
-        upgrade(url)
-        yield url
-        db.dispose()
-        return
-    with fresh_pg_database() as url:
+    with migrated_url(request.param, tmp_path_factory.mktemp("api-db")) as url:
         try:
             yield url
         finally:

@@ -21,7 +21,7 @@ from typing import Callable
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select, text
-from stack_fixtures import fresh_pg_database
+from stack_fixtures import fresh_pg_database, migrated_url
 
 from service import stats
 from service.api.openapi import build_document
@@ -104,13 +104,7 @@ def _seed(app, url: str) -> World:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def database_url(request, tmp_path_factory):
     """A migrated database: a temp SQLite file, or a fresh PostgreSQL database dropped afterwards."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('authz') / 'authz.db'}"
-        upgrade(url)
-        yield url
-        db.dispose()
-        return
-    with fresh_pg_database() as url:
+    with migrated_url(request.param, tmp_path_factory.mktemp("authz")) as url:
         try:
             yield url
         finally:

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from stack_fixtures import fresh_pg_database
+from stack_fixtures import migrated_url
 
 from service.app import create_app
 from service.core import registry
-from service.core.migrate import upgrade
 from service.core.schema import (
     ApiKey,
     Base,
@@ -49,13 +48,7 @@ API = "/api/v1"
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def database_url(request, tmp_path_factory):
     """A migrated database for the module: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('models-ui') / 'models.db'}"
-        upgrade(url)
-        yield url
-        db.dispose()
-        return
-    with fresh_pg_database() as url:
+    with migrated_url(request.param, tmp_path_factory.mktemp("models-ui")) as url:
         try:
             yield url
         finally:
